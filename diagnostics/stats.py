@@ -1,0 +1,222 @@
+"""Statistics of one tensor: device-side reductions and the small host-side formulas built on them.
+
+The monitor reduces every recorded tensor to a handful of sums *on the tensor's device* (one pass per sum,
+no ``.item()`` per layer on accelerators) and moves all sums of a step to the host at once. Statistics of a
+layer that ran several times in one step are pooled by adding the sums of every call (and taking the largest
+maximum), so ``act_grad_norm`` is the root of the summed squares of all its output gradients.
+
+Everything that names a statistic lives here, once: :data:`LAYER_COLUMNS`, :data:`STEP_COLUMNS`,
+:data:`PARAM_COLUMNS` and :data:`STAT_LABELS`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+# --- names ------------------------------------------------------------------------------------------------
+
+#: Columns of the per-(step, layer) table, in order.
+LAYER_COLUMNS: tuple[str, ...] = (
+    "run", "step", "layer", "type", "depth", "calls",
+    "weight_grad_norm", "weight_grad_mean_abs", "weight_grad_max_abs", "bias_grad_norm",
+    "weight_norm", "update_ratio",
+    "act_grad_norm", "act_grad_mean_abs", "act_grad_max_abs",
+    "act_mean", "act_std", "act_zero_frac",
+    "nonfinite", "act_nonfinite", "act_grad_nonfinite", "weight_grad_nonfinite",
+)
+
+#: Columns of the per-step table (metrics given to ``step()`` are added as extra columns).
+STEP_COLUMNS: tuple[str, ...] = (
+    "run", "step", "time", "loss", "grad_norm_total", "grad_scale",
+    "nonfinite_forward_layer", "nonfinite_backward_layer",
+)
+
+#: Columns of the per-(step, parameter) table.
+PARAM_COLUMNS: tuple[str, ...] = (
+    "run", "step", "param", "layer", "shape", "numel",
+    "grad_norm", "grad_mean_abs", "grad_max_abs", "norm", "update_ratio", "nonfinite",
+)
+
+#: Human labels (with units) for the statistics, used by plots and pages.
+STAT_LABELS: dict[str, str] = {
+    "weight_grad_norm": "weight-gradient L2 norm ‖∂L/∂W‖",
+    "weight_grad_mean_abs": "weight-gradient mean |∂L/∂W|",
+    "weight_grad_max_abs": "weight-gradient max |∂L/∂W|",
+    "bias_grad_norm": "bias-gradient L2 norm ‖∂L/∂b‖",
+    "weight_norm": "weight L2 norm ‖W‖",
+    "update_ratio": "update ratio ‖ΔW‖/‖W‖",
+    "act_grad_norm": "activation-gradient L2 norm ‖∂L/∂Y‖",
+    "act_grad_mean_abs": "activation-gradient mean |∂L/∂Y|",
+    "act_grad_max_abs": "activation-gradient max |∂L/∂Y|",
+    "act_mean": "activation mean",
+    "act_std": "activation standard deviation",
+    "act_zero_frac": "fraction of zero activations (dead units)",
+    "nonfinite": "count of NaN/Inf values",
+    "loss": "loss",
+    "grad_norm_total": "global gradient L2 norm",
+}
+
+#: Edges of the fixed log10|g| histogram bins: 0.5 decades wide from 1e-30 to 1e10. Values outside land in
+#: the first or last bin; zeros and non-finite values are counted separately, never dropped.
+HIST_EDGES: np.ndarray = np.linspace(-30.0, 10.0, 81)
+
+
+# --- device-side reductions (one pass per sum) -------------------------------------------------------------
+
+def _as_float(x: torch.Tensor) -> torch.Tensor:
+    """Flatten ``x`` to 1-D in a floating dtype wide enough to sum (half types are summed in float32)."""
+    if x.dtype in (torch.float16, torch.bfloat16):
+        x = x.float()
+    return x.reshape(-1)
+
+
+#: Tensors longer than this are reduced in chunks: one float32 BLAS dot over 10^8 elements drifts ~2e-4
+#: relative on CPU, chunks of 2^22 keep it near 1e-6.
+_CHUNK = 1 << 22
+
+
+def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Σ a·b of two 1-D tensors, accurate for any length (chunked, partial sums added in float64)."""
+    if a.numel() <= _CHUNK:
+        return torch.dot(a, b)
+    parts = [torch.dot(x, y) for x, y in zip(a.split(_CHUNK), b.split(_CHUNK))]
+    return torch.stack(parts).sum(dtype=torch.float64).to(a.dtype)
+
+
+def _workspace(scratch: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor | None:
+    """A 1-D view of ``scratch`` shaped like flat ``like``, or None when it does not fit."""
+    if scratch is None or scratch.numel() < like.numel() or scratch.dtype != like.dtype \
+            or scratch.device != like.device:
+        return None
+    return scratch[: like.numel()]
+
+
+def activation_sums(x: torch.Tensor, scratch: torch.Tensor | None = None) -> torch.Tensor:
+    """Reduce an activation to ``[Σx, Σx², #nonzero]`` on its device.
+
+    Args:
+        x: Any floating tensor, e.g. a layer output of shape (N, C, H, W).
+        scratch: Optional 1-D buffer (same dtype and device, at least ``x.numel()`` long) for the one
+            intermediate, so that no memory is allocated (fresh large allocations page-fault on CPU).
+
+    Returns:
+        A float tensor of shape (3,) on ``x``'s device. ``#nonzero`` is ``Σ sign(x)²`` (one pass; on CPU an
+        order of magnitude faster than counting with a boolean mask). It is NaN when ``x`` holds NaN.
+    """
+    flat = _as_float(x)                                   # (n,)
+    if flat.device.type != "cpu":
+        nonzero = (flat != 0).sum().to(flat.dtype)        # boolean counts are fast on accelerators
+        return torch.stack((flat.sum(), _dot(flat, flat), nonzero))
+    sign = torch.sign(flat, out=_workspace(scratch, flat))  # (n,) in {-1, 0, 1}
+    return torch.stack((flat.sum(), _dot(flat, flat), _dot(sign, sign)))
+
+
+def gradient_sums(g: torch.Tensor, scratch: torch.Tensor | None = None) -> torch.Tensor:
+    """Reduce a gradient to ``[Σ|g|, Σg², max|g|]`` on its device.
+
+    ``Σ|g|`` is summed from ``|g|`` with the cascade sum (``vector_norm(ord=1)`` drifts ~1e-3 relative over
+    10 M float32 elements on CPU; this stays near 1e-8).
+
+    Args:
+        g: Any floating tensor, e.g. ``p.grad`` of shape (C_out, C_in, k, k) or ∂L/∂Y of shape (N, C, H, W).
+        scratch: Optional 1-D buffer for ``|g|`` (see :func:`activation_sums`).
+
+    Returns:
+        A float tensor of shape (3,) on ``g``'s device.
+    """
+    flat = _as_float(g)                                   # (n,)
+    if flat.numel() == 0:
+        return torch.zeros(3, dtype=flat.dtype, device=flat.device)
+    mag = torch.abs(flat, out=_workspace(scratch, flat))  # (n,)
+    return torch.stack((mag.sum(), _dot(mag, mag), mag.amax()))
+
+
+def squared_norm(x: torch.Tensor) -> torch.Tensor:
+    """Σx² of a tensor on its device, as a 0-dim float tensor (a dot product: fast and accurate on CPU)."""
+    flat = _as_float(x)                                   # (n,)
+    return _dot(flat, flat)
+
+
+def nonfinite_count(x: torch.Tensor, sums: torch.Tensor) -> torch.Tensor | int:
+    """Number of NaN/Inf elements of ``x``, skipping the counting pass when ``sums`` shows none can exist.
+
+    A finite sum of squares proves every element is finite, so on CPU (where reading one number costs no
+    device synchronisation) the count pass runs only when ``sums`` is non-finite. On accelerators the count
+    is always computed on the device, so nothing waits for the host.
+
+    Args:
+        x: The tensor that ``sums`` was reduced from.
+        sums: Its reduction from :func:`activation_sums` or :func:`gradient_sums`.
+
+    Returns:
+        An ``int`` (CPU) or a 0-dim tensor on ``x``'s device.
+    """
+    if x.device.type == "cpu":
+        if math.isfinite(sums[1].item()):                 # Σx² (or Σg²) is finite only if every element is
+            return 0
+        return int((~torch.isfinite(x)).sum())
+    return (~torch.isfinite(x)).sum()
+
+
+def zero_count_exact(x: torch.Tensor) -> int:
+    """Exact count of zeros, for the rare tensors whose sign-based count is NaN because they hold NaN."""
+    return int((x == 0).sum())
+
+
+def log10_histogram(g: torch.Tensor, edges: np.ndarray = HIST_EDGES) -> torch.Tensor:
+    """Counts of log10|g| in fixed bins, plus zeros and non-finite values, on ``g``'s device.
+
+    Args:
+        g: Any floating tensor.
+        edges: Increasing, evenly spaced bin edges in log10 units.
+
+    Returns:
+        A float tensor of shape (len(edges) + 1,): ``len(edges) - 1`` bin counts, then the number of zeros,
+        then the number of non-finite values. Values beyond the outer edges are counted in the outer bins.
+    """
+    flat = _as_float(g)                                   # (n,)
+    mag = flat.abs()                                      # (n,)
+    finite = torch.isfinite(mag)                          # (n,) bool
+    zeros = (mag == 0).sum()
+    nonfinite = (~finite).sum()
+    positive = mag[finite & (mag > 0)]                    # (m,)
+    lo, hi = float(edges[0]), float(edges[-1])
+    logs = torch.log10(positive).clamp_(lo, hi)           # (m,)
+    counts = torch.histc(logs, bins=len(edges) - 1, min=lo, max=hi)  # (bins,)
+    return torch.cat((counts, torch.stack((zeros, nonfinite)).to(counts.dtype)))
+
+
+# --- host-side formulas (pure functions of pooled sums) ----------------------------------------------------
+
+def l2_norm(sumsq: float) -> float:
+    """‖x‖₂ from Σx²."""
+    return math.sqrt(sumsq) if sumsq >= 0 else math.nan
+
+
+def mean(total: float, count: int) -> float:
+    """Mean from a sum and an element count (NaN for no elements)."""
+    return total / count if count > 0 else math.nan
+
+
+def std(total: float, sumsq: float, count: int) -> float:
+    """Population standard deviation from Σx, Σx² and the element count (NaN for no elements)."""
+    if count <= 0:
+        return math.nan
+    mu = total / count
+    var = sumsq / count - mu * mu
+    return math.sqrt(max(var, 0.0)) if math.isfinite(var) else math.nan
+
+
+def fraction(part: float, count: int) -> float:
+    """``part / count``, NaN for no elements."""
+    return part / count if count > 0 else math.nan
+
+
+def ratio(numerator: float, denominator: float) -> float:
+    """``numerator / denominator``, NaN when the denominator is zero or either side is missing."""
+    if denominator == 0 or math.isnan(denominator) or math.isnan(numerator):
+        return math.nan
+    return numerator / denominator
