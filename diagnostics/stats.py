@@ -40,6 +40,9 @@ PARAM_COLUMNS: tuple[str, ...] = (
     "grad_norm", "grad_mean_abs", "grad_max_abs", "norm", "update_ratio", "nonfinite",
 )
 
+#: Columns of the histogram table: ``counts`` holds one count per bin of :data:`HIST_EDGES`.
+HIST_COLUMNS: tuple[str, ...] = ("run", "step", "layer", "kind", "counts", "zeros", "nonfinite", "log10_scale")
+
 #: Human labels (with units) for the statistics, used by plots and pages.
 STAT_LABELS: dict[str, str] = {
     "weight_grad_norm": "weight-gradient L2 norm ‖∂L/∂W‖",
@@ -74,8 +77,8 @@ def _as_float(x: torch.Tensor) -> torch.Tensor:
 
 
 #: Tensors longer than this are reduced in chunks: one float32 BLAS dot over 10^8 elements drifts ~2e-4
-#: relative on CPU, chunks of 2^22 keep it near 1e-6.
-_CHUNK = 1 << 22
+#: relative on CPU; chunks of 2^20 keep it near 1e-6.
+_CHUNK = 1 << 20
 
 
 def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -41,6 +41,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from .errors import StoreError
+from .stats import HIST_COLUMNS, LAYER_COLUMNS, PARAM_COLUMNS, STEP_COLUMNS
 
 SCHEMA_VERSION = 1
 TABLES: tuple[str, ...] = ("layers", "steps", "params", "hist")
@@ -498,7 +499,9 @@ class RunStore:
         except (pa.ArrowInvalid, OSError) as exc:
             raise StoreError(f"run {run_id}: the {table} table could not be read ({exc})") from exc
         if result is None:
-            return pd.DataFrame(columns=list(columns) if columns else [])
+            default = {"layers": LAYER_COLUMNS, "steps": STEP_COLUMNS, "params": PARAM_COLUMNS,
+                       "hist": HIST_COLUMNS}[table]
+            return pd.DataFrame(columns=list(columns) if columns else list(default))
         return result.to_pandas()
 
     def step_frame(self, run_id: str, steps: Any = None, columns: Sequence[str] | None = None) -> pd.DataFrame:

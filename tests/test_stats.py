@@ -1,0 +1,73 @@
+"""The statistics' small pure functions, against values computed by hand."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from diagnostics import stats
+
+
+def test_activation_sums_by_hand():
+    x = torch.tensor([[0.0, 1.0], [-2.0, 0.0]])
+    torch.testing.assert_close(stats.activation_sums(x), torch.tensor([-1.0, 5.0, 2.0]))
+
+
+def test_activation_sums_use_a_scratch_buffer_without_changing_the_result():
+    x = torch.tensor([3.0, 0.0, -1.0])
+    scratch = torch.full((10,), 7.0)
+    torch.testing.assert_close(stats.activation_sums(x, scratch), torch.tensor([2.0, 10.0, 2.0]))
+    torch.testing.assert_close(stats.gradient_sums(x, scratch), torch.tensor([4.0, 10.0, 3.0]))
+
+
+def test_gradient_sums_by_hand():
+    g = torch.tensor([3.0, -4.0, 0.0])
+    torch.testing.assert_close(stats.gradient_sums(g), torch.tensor([7.0, 25.0, 4.0]))
+    torch.testing.assert_close(stats.gradient_sums(torch.empty(0)), torch.zeros(3))
+
+
+def test_half_precision_is_summed_in_float32():
+    g = torch.full((70_000,), 1.0, dtype=torch.float16)       # Σg² = 70 000 overflows float16 (max 65 504)
+    assert stats.gradient_sums(g)[1].item() == 70_000
+
+
+@pytest.mark.parametrize("values, expected", [([1.0, 2.0], 0), ([1.0, float("nan")], 1),
+                                              ([float("inf"), float("-inf"), 0.0], 2)],
+                         ids=["finite", "nan", "infs"])
+def test_nonfinite_count(values, expected):
+    x = torch.tensor(values)
+    assert stats.nonfinite_count(x, stats.gradient_sums(x)) == expected
+
+
+def test_long_tensors_are_summed_accurately():
+    x = torch.rand(12 * (1 << 20) + 17, dtype=torch.float32)
+    exact = float((x.double() ** 2).sum())
+    assert abs(stats.squared_norm(x).item() - exact) / exact < 1e-5
+
+
+def test_log10_histogram_counts_zeros_and_nonfinite_separately():
+    g = torch.tensor([0.0, 1e-3, -1e-3, 10.0, float("nan"), 1e-40, 1e20])
+    h = stats.log10_histogram(g).numpy()
+    counts, zeros, nonfinite = h[:-2], h[-2], h[-1]
+    assert (zeros, nonfinite) == (1, 1)
+    assert counts.sum() == 5
+    centers = (stats.HIST_EDGES[:-1] + stats.HIST_EDGES[1:]) / 2
+    assert counts[np.argmin(abs(centers - (-2.75)))] == 2      # both ±1e-3 in the bin [-3, -2.5)
+    assert counts[0] == 1 and counts[-1] == 1                  # 1e-40 and 1e20 land in the outer bins
+
+
+def test_host_formulas_by_hand():
+    assert stats.l2_norm(25.0) == 5.0
+    assert stats.mean(6.0, 3) == 2.0 and math.isnan(stats.mean(1.0, 0))
+    assert stats.std(total=6.0, sumsq=14.0, count=3) == pytest.approx(math.sqrt(14 / 3 - 4))
+    assert stats.fraction(1, 4) == 0.25
+    assert math.isnan(stats.ratio(1.0, 0.0)) and stats.ratio(1.0, 4.0) == 0.25
+
+
+def test_every_statistic_has_a_label():
+    numeric = [c for c in stats.LAYER_COLUMNS if c not in ("run", "step", "layer", "type", "depth", "calls")
+               and not c.endswith("_nonfinite")]
+    assert set(numeric) <= set(stats.STAT_LABELS)
