@@ -4,10 +4,12 @@ import streamlit as st
 
 from ui.common import sidebar_store_picker
 
-st.set_page_config(page_title="Gradient Flow Diagnostics", page_icon="📉", layout="wide")
+st.set_page_config(page_title="Gradient Flow Diagnostics", page_icon=":material/show_chart:", layout="wide")
 
 pages = [
-    st.Page("pages/home.py", title="Runs", icon="🗂️", default=True),
+    st.Page("pages/home.py", title="Runs", icon=":material/folder_open:", default=True),
+    st.Page("pages/gradient_flow.py", title="Gradient flow", icon=":material/show_chart:"),
+    st.Page("pages/kernels.py", title="Kernel heatmaps", icon=":material/grid_on:"),
 ]
 navigation = st.navigation(pages)
 sidebar_store_picker()

@@ -1,9 +1,11 @@
-"""Home: what the tool does, how to record a run, and the runs in the store."""
+"""Runs: what the tool does, how to record a run, and every run in the store (select, rename, tag, delete)."""
 
 import streamlit as st
 
-from ui.common import load_runs, store_root
+from ui.common import load_runs, require_router, store_root
+from ui.runs import manage_run, runs_table
 
+require_router()
 st.title("Gradient Flow Diagnostics")
 st.markdown(
     "See how gradients flow through your PyTorch model, layer by layer and step by step: which layers get too "
@@ -17,7 +19,8 @@ with st.expander("Record a run from your own training script", expanded=runs.emp
         """import diagnostics as dx
 
 store = dx.RunStore("runs")   # the folder this dashboard reads
-with dx.GradientMonitor(model, store=store, run_name="my-run", optimizer=optimizer) as mon:
+with dx.GradientMonitor(model, store=store, run_name="my-run", optimizer=optimizer,
+                        histogram_every=10, kernels="auto") as mon:
     for x, y in loader:
         loss = loss_fn(model(x), y)
         loss.backward()
@@ -31,8 +34,10 @@ st.subheader("Runs")
 if runs.empty:
     st.info(f"No runs in `{store_root()}` yet. Run the snippet above in your training script, then reload "
             "this page, or pick another store folder in the sidebar.")
-else:
-    shown = runs[["name", "run", "status", "model", "steps", "layers", "created", "size_bytes", "tags"]].copy()
-    shown["size (MB)"] = (shown.pop("size_bytes") / 2**20).round(2)
-    st.dataframe(shown, hide_index=True, width="stretch")
-    st.caption(f"{len(runs)} run(s) in `{store_root()}`.")
+    st.stop()
+
+picked = runs_table(runs)
+st.caption(f"{len(runs)} run(s) in `{store_root()}`. Tick rows to compare them on the Gradient flow page"
+           + (f" (selected: {len(picked)})." if picked else "."))
+with st.expander("Rename, tag, annotate or delete a run"):
+    manage_run(runs)

@@ -13,6 +13,23 @@ import diagnostics as dx
 DEFAULT_STORE = os.environ.get("GFD_STORE", "runs")
 
 
+def require_router() -> None:
+    """Make sure a page runs inside ``app.py``'s navigation, also when opened by its URL first.
+
+    Streamlit keeps a legacy mode for apps with a ``pages/`` folder: until some session has called
+    ``st.navigation``, a request for ``/<page>`` runs that page's script on its own (no sidebar, no shared
+    setup). Each page calls this first; in that mode it switches the process to ``st.navigation`` and reruns,
+    which runs ``app.py`` and routes to the same page.
+    """
+    try:
+        from streamlit.runtime.pages_manager import PagesManager
+    except ImportError:  # pragma: no cover - a future Streamlit without the legacy mode
+        return
+    if PagesManager.uses_pages_directory:
+        PagesManager.uses_pages_directory = False
+        st.rerun()
+
+
 def store_root() -> str:
     """The store directory chosen in the sidebar (default ``./runs`` or ``$GFD_STORE``)."""
     return st.session_state.get("store_root", DEFAULT_STORE)
@@ -62,3 +79,81 @@ def load_runs() -> pd.DataFrame:
     for message in runs.attrs.get("warnings", []):
         st.warning(message)
     return runs
+
+
+def run_signature(root: str, run: str) -> int:
+    """Changes whenever the run's writer flushes (so a running run's cached data refreshes)."""
+    try:
+        return (Path(root).expanduser() / run / "meta.json").stat().st_mtime_ns
+    except OSError:
+        return 0
+
+
+@st.cache_resource(show_spinner=False, max_entries=128)
+def _stat_matrix(root: str, run: str, stat: str, signature: int):
+    from diagnostics.flow import load_stat_matrix
+
+    return load_stat_matrix(dx.RunStore(root), run, stat)
+
+
+@st.cache_resource(show_spinner=False, max_entries=64)
+def _step_frame(root: str, run: str, signature: int) -> pd.DataFrame:
+    from diagnostics.views import StoreLoader
+
+    return StoreLoader(dx.RunStore(root)).step_frame(run)
+
+
+@st.cache_resource(show_spinner=False, max_entries=64)
+def _histograms(root: str, run: str, layer: str, kind: str, signature: int):
+    from diagnostics.flow import load_histograms
+
+    return load_histograms(dx.RunStore(root), run, layer, kind)
+
+
+class StreamlitLoader:
+    """The views' loader with Streamlit's cache in front of the store (read-only results, never copied)."""
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+
+    def stat_matrix(self, run: str, stat: str):
+        return _stat_matrix(self.root, run, stat, run_signature(self.root, run))
+
+    def step_frame(self, run: str) -> pd.DataFrame:
+        return _step_frame(self.root, run, run_signature(self.root, run))
+
+    def histograms(self, run: str, layer: str, kind: str):
+        return _histograms(self.root, run, layer, kind, run_signature(self.root, run))
+
+
+def run_labels(runs: pd.DataFrame) -> dict[str, str]:
+    """Run id -> the label shown in pickers and legends (its name, with the id when names repeat)."""
+    counts = runs["name"].value_counts()
+    return {r.run: (r.name if counts[r.name] == 1 else f"{r.name} ({r.run[-4:]})") for r in runs.itertuples()}
+
+
+def pick_runs(runs: pd.DataFrame, key: str, multi: bool = True, label: str = "Runs") -> list[str]:
+    """A run picker; defaults to the runs chosen on the Runs page, else the newest run."""
+    labels = run_labels(runs)
+    options = list(runs["run"])
+    chosen = [r for r in st.session_state.get("selected_runs", []) if r in options] or options[-1:]
+    if multi:
+        return st.multiselect(label, options, default=chosen, format_func=labels.get, key=key)
+    picked = st.selectbox(label, options, index=options.index(chosen[0]), format_func=labels.get, key=key)
+    return [picked] if picked else []
+
+
+def show_error(exc: Exception, what: str) -> None:
+    """A friendly error box instead of a traceback."""
+    st.error(f"Could not {what}: {exc}")
+
+
+@st.cache_resource(show_spinner=False, max_entries=16)
+def kernel_snapshot(root: str, run: str, step: int, signature: int):
+    """A run's kernel snapshot at one step (cached; read-only)."""
+    return dx.RunStore(root).kernel_snapshot(run, step)
+
+
+def kernel_steps(root: str, run: str) -> list[int]:
+    """Steps of a run that have kernel snapshots (read fresh: a running run adds more)."""
+    return dx.RunStore(root).kernel_steps(run)

@@ -1,0 +1,55 @@
+"""Kernel snapshot views: order channels by gradient size and page through large layers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class KernelPage:
+    """One page of a (C_out, C_in, k, k) snapshot: the channels shown and their arrays by kind."""
+
+    out_channels: np.ndarray
+    in_channels: np.ndarray
+    arrays: dict[str, np.ndarray]        # kind -> (len(out_channels), len(in_channels), kH, kW)
+    out_pages: int
+    in_pages: int
+
+
+def channel_order(grad: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Output and input channels sorted by the L2 norm of their gradient, largest first.
+
+    Args:
+        grad: (C_out, C_in, ...) gradient of a conv weight.
+    """
+    g = grad.reshape(grad.shape[0], grad.shape[1], -1).astype(np.float64)
+    sq = (g ** 2).sum(axis=2)                                  # (C_out, C_in)
+    return np.argsort(-sq.sum(axis=1), kind="stable"), np.argsort(-sq.sum(axis=0), kind="stable")
+
+
+def _pages(n: int, per_page: int) -> int:
+    return max(1, -(-n // max(1, per_page)))
+
+
+def kernel_page(arrays: dict[str, np.ndarray], out_page: int = 0, in_page: int = 0, out_per_page: int = 16,
+                in_per_page: int = 16, order_by: str = "grad") -> KernelPage:
+    """One block of (output, input) channel pairs, channels with the largest gradient first.
+
+    Args:
+        arrays: kind -> (C_out, C_in, ...) arrays of one layer (``grad``, ``weight``, ``update``).
+        out_page: 0-based page over output channels (clamped to the last page).
+        in_page: 0-based page over input channels.
+        out_per_page: Output channels per page.
+        in_per_page: Input channels per page.
+        order_by: Which array orders the channels (the gradient by default).
+    """
+    reference = arrays[order_by] if order_by in arrays else next(iter(arrays.values()))
+    out_order, in_order = channel_order(reference)
+    out_pages, in_pages = _pages(len(out_order), out_per_page), _pages(len(in_order), in_per_page)
+    out_page = min(max(int(out_page), 0), out_pages - 1)
+    in_page = min(max(int(in_page), 0), in_pages - 1)
+    outs = out_order[out_page * out_per_page:(out_page + 1) * out_per_page]
+    ins = in_order[in_page * in_per_page:(in_page + 1) * in_per_page]
+    return KernelPage(outs, ins, {k: v[np.ix_(outs, ins)] for k, v in arrays.items()}, out_pages, in_pages)

@@ -1,0 +1,84 @@
+"""Widgets of the Gradient flow page that are more than one line: thresholds and the export section."""
+
+from __future__ import annotations
+
+import io
+import tempfile
+import zipfile
+from pathlib import Path
+
+import streamlit as st
+
+import diagnostics as dx
+from diagnostics.export import export_run
+from diagnostics.findings import Thresholds
+from diagnostics.report import html_report
+from diagnostics.views import FlowView
+
+SEVERITY = {"error": st.error, "warning": st.warning, "info": st.info}
+
+
+def threshold_inputs() -> Thresholds:
+    """The findings' thresholds, visible and adjustable in the sidebar."""
+    t = Thresholds()
+    with st.sidebar.expander("Finding thresholds", expanded=False):
+        t.vanishing_ratio = st.number_input("Vanishing: first/last layer below", value=t.vanishing_ratio,
+                                            format="%.0e", min_value=1e-30, max_value=1.0)
+        t.exploding_ratio = st.number_input("Exploding across depth: first/last above", value=t.exploding_ratio,
+                                            format="%.0e", min_value=1.0)
+        t.exploding_norm = st.number_input("Exploding: total gradient norm above", value=t.exploding_norm,
+                                           format="%.0e", min_value=0.0)
+        t.window = st.number_input("Sustained for at least (recorded steps)", value=t.window, min_value=1, step=1)
+        t.dead_fraction = st.slider("Dead units: zero outputs more often than", 0.5, 1.0, t.dead_fraction, 0.01)
+        low, high = st.select_slider("Healthy update ratio ‖ΔW‖/‖W‖", options=[1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0],
+                                     value=(t.update_low, t.update_high), format_func=lambda v: f"{v:.0e}")
+        t.update_low, t.update_high = float(low), float(high)
+    return t
+
+
+def show_findings(view: FlowView, names: dict[str, str]) -> None:
+    """One box per finding, most severe first; a success box for runs without findings."""
+    for run, findings in view.findings.items():
+        if not findings:
+            st.success(f"{names.get(run, run)}: no problems found with the current thresholds.")
+        for finding in findings:
+            SEVERITY.get(finding.severity, st.info)(finding.message)
+
+
+def _tensorboard_zip(root: str, run: str) -> bytes:
+    with tempfile.TemporaryDirectory() as tmp:
+        export_run(dx.RunStore(root), run, "tensorboard", Path(tmp) / run)
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+            for path in (Path(tmp) / run).rglob("*"):
+                zf.write(path, path.relative_to(tmp))
+        return buf.getvalue()
+
+
+def export_section(view: FlowView, root: str, runs: list[str], names: dict[str, str], stat: str) -> None:
+    """Download the shown data (CSV / Parquet), a TensorBoard export and a self-contained HTML report."""
+    c1, c2, c3, c4 = st.columns(4)
+    c1.download_button("Shown data (CSV)", view.data.to_csv(index=False).encode(), f"{stat}.csv", "text/csv",
+                       width="stretch")
+    buf = io.BytesIO()
+    view.data.to_parquet(buf, index=False)
+    c2.download_button("Shown data (Parquet)", buf.getvalue(), f"{stat}.parquet", "application/octet-stream",
+                       width="stretch")
+    run = runs[0]
+    if c3.button(f"Prepare TensorBoard export of {names.get(run, run)}", width="stretch"):
+        st.session_state["tb_zip"] = (run, _tensorboard_zip(root, run))
+    if c4.button("Prepare HTML report", width="stretch"):
+        meta = dx.RunStore(root).meta(run)
+        summary = {"run": run, "name": meta.get("name"), "model": meta.get("model"), "steps": meta.get("steps"),
+                   "layers": meta.get("layers"), "status": meta.get("status"), "statistic": stat,
+                   "runs compared": ", ".join(names.get(r, r) for r in runs)}
+        findings = [f for r in runs for f in view.findings.get(r, [])]
+        st.session_state["html_report"] = (run, html_report(f"Gradient flow — {meta.get('name')}", summary,
+                                                            findings, list(view.figures.values())).encode())
+    if st.session_state.get("tb_zip", (None,))[0] == run:
+        c3.download_button("Download TensorBoard (.zip)", st.session_state["tb_zip"][1], f"{run}-tensorboard.zip",
+                           "application/zip", width="stretch")
+    if st.session_state.get("html_report", (None,))[0] == run:
+        c4.download_button("Download HTML report", st.session_state["html_report"][1], f"{run}-report.html",
+                           "text/html", width="stretch")
+

@@ -1,0 +1,58 @@
+"""The Runs page's table with selection, and the rename / tag / notes / delete controls."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+import diagnostics as dx
+
+from .common import run_labels, store_root
+
+
+def runs_table(runs: pd.DataFrame) -> list[str]:
+    """The runs as a table; the rows the user ticks become the runs other pages compare."""
+    shown = runs[["name", "status", "model", "steps", "layers", "created", "size_bytes", "tags", "notes", "run"]].copy()
+    shown["size (MB)"] = (shown.pop("size_bytes") / 2**20).round(2)
+    shown["created"] = shown["created"].dt.strftime("%Y-%m-%d %H:%M:%S")
+    event = st.dataframe(shown, hide_index=True, width="stretch", on_select="rerun", selection_mode="multi-row",
+                         key="runs_table")
+    picked = [runs["run"].iloc[i] for i in event.selection.rows]
+    st.session_state["selected_runs"] = picked
+    return picked
+
+
+def manage_run(runs: pd.DataFrame) -> None:
+    """Rename, tag, annotate or delete one run; deleting asks for confirmation."""
+    labels = run_labels(runs)
+    options = list(runs["run"])
+    default = st.session_state.get("selected_runs", options[-1:])
+    index = options.index(default[0]) if default and default[0] in options else len(options) - 1
+    run = st.selectbox("Run", options, index=index, format_func=lambda r: f"{labels[r]} — {r}", key="manage_run")
+    meta = runs.set_index("run").loc[run]
+    store = dx.RunStore(store_root())
+    with st.form(f"edit_{run}"):
+        name = st.text_input("Name", value=meta["name"])
+        tags = st.text_input("Tags (comma-separated)", value=meta["tags"])
+        notes = st.text_area("Notes", value=meta["notes"] or "")
+        if st.form_submit_button("Save"):
+            try:
+                store.rename(run, name)
+                store.set_tags(run, tags.split(","))
+                store.set_notes(run, notes)
+                st.success("Saved.")
+                st.rerun()
+            except dx.DiagnosticsError as exc:
+                st.error(str(exc))
+    running = meta["status"] == "running"
+    confirm = st.checkbox(f"Yes, delete run '{meta['name']}' and all its data", key=f"confirm_{run}",
+                          disabled=running, help="A run that is still being written cannot be deleted.")
+    if st.button("Delete run", type="primary", disabled=not confirm or running, key=f"delete_{run}"):
+        try:
+            store.delete(run)
+            st.session_state["selected_runs"] = []
+            st.rerun()
+        except (dx.DiagnosticsError, OSError) as exc:
+            st.error(f"Could not delete: {exc}")
+    if running:
+        st.caption("This run is still being written; stop its training to delete it.")
