@@ -2,9 +2,10 @@
 
 import streamlit as st
 
-from ui.common import sidebar_store_picker
+from ui.common import mark_routed, sidebar_store_picker
 
 st.set_page_config(page_title="Gradient Flow Diagnostics", page_icon=":material/show_chart:", layout="wide")
+mark_routed()
 
 pages = [
     st.Page("pages/home.py", title="Runs", icon=":material/folder_open:", default=True),

@@ -18,9 +18,11 @@ def require_router() -> None:
 
     Streamlit keeps a legacy mode for apps with a ``pages/`` folder: until some session has called
     ``st.navigation``, a request for ``/<page>`` runs that page's script on its own (no sidebar, no shared
-    setup). Each page calls this first; in that mode it switches the process to ``st.navigation`` and reruns,
-    which runs ``app.py`` and routes to the same page.
+    setup). Each page calls this first; in that mode, for a session that has not been through ``app.py`` yet,
+    it switches the process to ``st.navigation`` and reruns, which runs ``app.py`` and routes to the same page.
     """
+    if st.session_state.get(_ROUTED):
+        return
     try:
         from streamlit.runtime.pages_manager import PagesManager
     except ImportError:  # pragma: no cover - a future Streamlit without the legacy mode
@@ -28,6 +30,14 @@ def require_router() -> None:
     if PagesManager.uses_pages_directory:
         PagesManager.uses_pages_directory = False
         st.rerun()
+
+
+_ROUTED = "_gfd_routed"
+
+
+def mark_routed() -> None:
+    """Called by ``app.py``: this session's pages run inside the router."""
+    st.session_state[_ROUTED] = True
 
 
 def store_root() -> str:

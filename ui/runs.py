@@ -18,7 +18,9 @@ def runs_table(runs: pd.DataFrame) -> list[str]:
     event = st.dataframe(shown, hide_index=True, width="stretch", on_select="rerun", selection_mode="multi-row",
                          key="runs_table")
     picked = [runs["run"].iloc[i] for i in event.selection.rows]
-    st.session_state["selected_runs"] = picked
+    if picked != st.session_state.get("_runs_table_picked", []):      # only a change of ticks overrides
+        st.session_state["selected_runs"] = picked
+    st.session_state["_runs_table_picked"] = picked
     return picked
 
 
@@ -31,19 +33,17 @@ def manage_run(runs: pd.DataFrame) -> None:
     run = st.selectbox("Run", options, index=index, format_func=lambda r: f"{labels[r]} — {r}", key="manage_run")
     meta = runs.set_index("run").loc[run]
     store = dx.RunStore(store_root())
-    with st.form(f"edit_{run}"):
-        name = st.text_input("Name", value=meta["name"])
-        tags = st.text_input("Tags (comma-separated)", value=meta["tags"])
-        notes = st.text_area("Notes", value=meta["notes"] or "")
-        if st.form_submit_button("Save"):
-            try:
-                store.rename(run, name)
-                store.set_tags(run, tags.split(","))
-                store.set_notes(run, notes)
-                st.success("Saved.")
-                st.rerun()
-            except dx.DiagnosticsError as exc:
-                st.error(str(exc))
+    name = st.text_input("Name", value=meta["name"], key=f"name_{run}")
+    tags = st.text_input("Tags (comma-separated)", value=meta["tags"], key=f"tags_{run}")
+    notes = st.text_area("Notes", value=meta["notes"] or "", key=f"notes_{run}")
+    if st.button("Save name, tags and notes", key=f"save_{run}"):
+        try:
+            store.rename(run, name)
+            store.set_tags(run, tags.split(","))
+            store.set_notes(run, notes)
+            st.rerun()
+        except dx.DiagnosticsError as exc:
+            st.error(str(exc))
     running = meta["status"] == "running"
     confirm = st.checkbox(f"Yes, delete run '{meta['name']}' and all its data", key=f"confirm_{run}",
                           disabled=running, help="A run that is still being written cannot be deleted.")

@@ -1,0 +1,118 @@
+"""Every dashboard page under AppTest, against a temporary store holding real recorded runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+import diagnostics as dx
+
+from ..recorded import make_store
+
+APP = str(Path(__file__).resolve().parents[2] / "app.py")
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory):
+    return make_store(tmp_path_factory.mktemp("store") / "runs")
+
+
+def open_page(root: Path, page: str | None = None, selected: list[str] | None = None) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.session_state["store_root"] = str(root)
+    if selected is not None:
+        at.session_state["selected_runs"] = selected
+    at.run()
+    if page is not None:
+        at.switch_page(page).run()
+    assert not at.exception, at.exception
+    return at
+
+
+def test_gradient_flow_page_draws_every_chart_for_overlaid_runs(recorded):
+    store, runs = recorded
+    at = open_page(store.root, "pages/gradient_flow.py", selected=[runs["plain"], runs["bn"]])
+    assert at.multiselect(key="flow_runs").value == [runs["plain"], runs["bn"]]
+    charts = at.get("plotly_chart")
+    assert len(charts) == 8
+    assert not at.error
+    at.selectbox(key="flow_stat").set_value("act_grad_norm").run()
+    at.radio(key="flow_scale").set_value("linear").run()
+    at.slider(key="flow_step").set_value(4).run()
+    at.checkbox(key="flow_first").check().run()
+    at.multiselect(key="flow_layers").set_value(["0", "2"]).run()
+    at.radio(key="flow_hist_kind").set_value("act_grad").run()
+    assert not at.exception and len(at.get("plotly_chart")) == 8
+
+
+def test_gradient_flow_page_with_a_one_step_run_explains_itself(recorded):
+    store, runs = recorded
+    at = open_page(store.root, "pages/gradient_flow.py", selected=[runs["mlp"]])
+    assert any("one recorded step" in c.value for c in at.caption)
+    assert not at.exception
+
+
+def test_gradient_flow_thresholds_change_the_findings(recorded):
+    store, runs = recorded
+    at = open_page(store.root, "pages/gradient_flow.py", selected=[runs["plain"]])
+    before = [e.value for e in at.warning] + [e.value for e in at.error]
+    at.sidebar.slider[0].set_value(0.5).run()            # dead-unit threshold down to 50 %
+    at.sidebar.select_slider[0].set_value((1e-6, 1e-5)).run()   # every update ratio is now "too large"
+    after = [e.value for e in at.warning] + [e.value for e in at.error]
+    assert any("Update ratios" in m and "above" in m for m in after)
+    assert after != before
+
+
+def test_kernel_page_shows_three_grids_and_pages(recorded):
+    store, runs = recorded
+    at = open_page(store.root, "pages/kernels.py", selected=[runs["plain"]])
+    assert len(at.get("plotly_chart")) == 3                 # ∂L/∂W, W and ΔW
+    assert at.selectbox(key="kernel_layer").options == ["0", "4"] or len(at.selectbox(key="kernel_layer").options) >= 2
+    at.select_slider(key="kernel_per_page").set_value(4).run()
+    at.number_input(key="kernel_out_page").set_value(2).run()
+    assert not at.exception and len(at.get("plotly_chart")) == 3
+    assert len(at.dataframe) == 3                           # one tile's numbers, per kind
+
+
+def test_kernel_page_explains_a_run_without_conv_layers(recorded):
+    store, runs = recorded
+    at = open_page(store.root, "pages/kernels.py", selected=[runs["mlp"]])
+    assert any("no kernel snapshots" in i.value for i in at.info)
+
+
+@pytest.mark.parametrize("page", ["pages/gradient_flow.py", "pages/kernels.py"], ids=["flow", "kernels"])
+def test_pages_on_an_empty_store_explain_how_to_start(tmp_path, page):
+    at = open_page(tmp_path / "empty", page)
+    assert any("No runs yet" in i.value for i in at.info)
+
+
+def test_runs_page_renames_tags_and_deletes_with_confirmation(tmp_path):
+    store, runs = make_store(tmp_path / "runs")
+    at = open_page(store.root, selected=[runs["mlp"]])
+    assert at.selectbox(key="manage_run").value == runs["mlp"]
+    run = runs["mlp"]
+    at.text_input(key=f"name_{run}").set_value("renamed mlp")
+    at.text_input(key=f"tags_{run}").set_value("baseline, small")
+    at.text_area(key=f"notes_{run}").set_value("a note")
+    at.button(key=f"save_{run}").click().run()
+    meta = store.meta(runs["mlp"])
+    assert (meta["name"], meta["tags"], meta["notes"]) == ("renamed mlp", ["baseline", "small"], "a note")
+    delete = at.button(key=f"delete_{runs['mlp']}")
+    assert delete.disabled                                   # not before confirming
+    at.checkbox(key=f"confirm_{runs['mlp']}").check().run()
+    at.button(key=f"delete_{runs['mlp']}").click().run()
+    assert runs["mlp"] not in store.run_ids() and len(store.run_ids()) == 2
+    assert not at.exception
+
+
+def test_a_corrupt_run_is_reported_and_the_page_keeps_working(tmp_path):
+    store, runs = make_store(tmp_path / "runs")
+    chunk = next((store.root / runs["plain"] / "layers").iterdir())
+    chunk.write_bytes(b"not parquet")
+    at = open_page(store.root, "pages/gradient_flow.py", selected=[runs["plain"]])
+    assert any("Could not" in e.value for e in at.error)
+    at.multiselect(key="flow_runs").set_value([runs["bn"]]).run()
+    assert not at.exception and len(at.get("plotly_chart")) == 8
+    assert isinstance(dx.RunStore(store.root).frame(runs["bn"]), object)
