@@ -1,5 +1,7 @@
 """Kernel heatmaps: ∂L/∂W, W and ΔW of one conv layer at a recorded step, one k×k tile per channel pair."""
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import streamlit as st
@@ -15,8 +17,9 @@ runs = load_runs()
 if runs.empty:
     st.info("No runs yet. Record one from your training script (see the Runs page), then come back here.")
     st.stop()
-run = pick_runs(runs, "kernel_run", multi=False, label="Run")[0]
 root = store_root()
+with_kernels = [r for r in runs["run"] if (Path(root).expanduser() / r / "kernels").is_dir()]
+run = pick_runs(runs, "kernel_run", multi=False, label="Run", fallback=with_kernels[-1:])[0]
 try:
     steps = kernel_steps(root, run)
 except Exception as exc:  # noqa: BLE001 - an unreadable run must not break the page

@@ -142,11 +142,13 @@ def run_labels(runs: pd.DataFrame) -> dict[str, str]:
     return {r.run: (r.name if counts[r.name] == 1 else f"{r.name} ({r.run[-4:]})") for r in runs.itertuples()}
 
 
-def pick_runs(runs: pd.DataFrame, key: str, multi: bool = True, label: str = "Runs") -> list[str]:
-    """A run picker; defaults to the runs chosen on the Runs page, else the newest run."""
+def pick_runs(runs: pd.DataFrame, key: str, multi: bool = True, label: str = "Runs",
+              fallback: list[str] | None = None) -> list[str]:
+    """A run picker; defaults to the runs chosen on the Runs page, else ``fallback``, else the newest run."""
     labels = run_labels(runs)
     options = list(runs["run"])
-    chosen = [r for r in st.session_state.get("selected_runs", []) if r in options] or options[-1:]
+    chosen = [r for r in st.session_state.get("selected_runs", []) if r in options] or \
+        [r for r in (fallback or []) if r in options] or options[-1:]
     if multi:
         return st.multiselect(label, options, default=chosen, format_func=labels.get, key=key)
     picked = st.selectbox(label, options, index=options.index(chosen[0]), format_func=labels.get, key=key)

@@ -1,41 +1,55 @@
-"""The real app in Chromium: every page renders without a Streamlit exception; screenshots are saved."""
+"""The real app in Chromium: every page renders its charts without a Streamlit exception; screenshots saved."""
 
 from __future__ import annotations
 
 import pytest
-import torch
-from torch import nn
 
-import diagnostics as dx
-
+from ..recorded import make_store
 from .conftest import start_app
 
 pytestmark = pytest.mark.browser
 
+#: URL path -> (text that must appear, how many plotly charts must render at least)
+PAGES = {
+    "": ("Gradient Flow Diagnostics", 0),
+    "gradient_flow": ("Findings", 8),
+    "kernels": ("Kernel heatmaps", 1),
+}
 
-def wait_for_app(page) -> None:
-    page.wait_for_selector("[data-testid='stApp']", timeout=60_000)
-    page.wait_for_function(
-        "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=60_000)
-    page.wait_for_timeout(500)
 
-
-def test_home_page_lists_runs_in_chromium(tmp_path, browser, artifacts):
-    store = dx.RunStore(tmp_path / "runs")
-    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 1))
-    with dx.GradientMonitor(model, store=store, run_name="browser run") as mon:
-        for _ in range(3):
-            model(torch.randn(2, 3)).sum().backward()
-            mon.step()
-            model.zero_grad()
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    store, runs = make_store(tmp_path_factory.mktemp("browser") / "runs")
     proc, url = start_app(store.root)
-    try:
-        page = browser.new_page(viewport={"width": 1400, "height": 900})
-        page.goto(url)
-        wait_for_app(page)
-        page.get_by_text("Gradient Flow Diagnostics").first.wait_for(timeout=30_000)
-        page.get_by_text("1 run(s) in").first.wait_for(timeout=30_000)
-        assert page.locator("[data-testid='stException']").count() == 0
-        page.screenshot(path=str(artifacts / "home.png"), full_page=True)
-    finally:
-        proc.kill()
+    yield url, runs
+    proc.kill()
+    proc.wait()
+
+
+def open_page(browser, url: str):
+    page = browser.new_page(viewport={"width": 1400, "height": 4200})
+    page.goto(url)
+    page.wait_for_selector("[data-testid='stApp']", timeout=60_000)
+    page.wait_for_function("() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=60_000)
+    return page
+
+
+@pytest.mark.parametrize("path", list(PAGES), ids=[p or "runs" for p in PAGES])
+def test_page_renders_in_chromium(server, browser, artifacts, path):
+    url, _ = server
+    text, charts = PAGES[path]
+    page = open_page(browser, f"{url}/{path}")
+    page.get_by_text(text).first.wait_for(timeout=60_000)
+    if charts:
+        page.wait_for_function(f"() => document.querySelectorAll('.js-plotly-plot .main-svg').length >= {charts}",
+                               timeout=90_000)
+    page.wait_for_timeout(800)
+    for tab in page.get_by_role("tab").all():              # charts in hidden tabs render once shown
+        tab.click()
+        page.wait_for_timeout(300)
+    page.get_by_role("tab").first.click() if page.get_by_role("tab").count() else None
+    page.wait_for_timeout(500)
+    assert page.locator("[data-testid='stException']").count() == 0
+    assert page.locator("[data-testid='stSidebarNav']").count() == 1          # routed through app.py
+    page.screenshot(path=str(artifacts / f"page-{path or 'runs'}.png"))
+    page.close()
