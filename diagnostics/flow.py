@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import pyarrow.compute as pc
 
 from .errors import StoreError
 from .store import RunStore
@@ -44,9 +45,32 @@ class StatMatrix:
 
 
 def load_stat_matrix(store: RunStore, run: str, stat: str) -> StatMatrix:
-    """Read one statistic of one run (four columns only) and pivot it to a (layer × step) matrix."""
-    frame = store.frame(run, columns=["depth", "type", stat], join_steps=False)
-    return stat_matrix_from_frame(frame, run, stat)
+    """Read one statistic of one run (five columns only) and pivot it to a (layer × step) matrix.
+
+    Layer names are read dictionary-encoded and pivoted by their integer codes, so a run of 2 M rows pivots
+    in a fraction of a second.
+    """
+    table = store.arrow_table(run, "layers", ["step", "layer", "depth", "type", stat], dictionary=("layer", "type"))
+    if table is None or stat not in table.column_names or table.num_rows == 0:
+        return StatMatrix(run, stat, (), (), np.zeros(0, dtype=np.int64), np.zeros((0, 0)))
+    table = table.unify_dictionaries().combine_chunks()
+    layer_col, type_col = table.column("layer").chunk(0), table.column("type").chunk(0)
+    codes = layer_col.indices.to_numpy(zero_copy_only=False)                       # (n,)
+    names = layer_col.dictionary.to_pylist()
+    depth = table.column("depth").to_numpy()                                       # (n,)
+    layer_depth = np.zeros(len(names), dtype=np.int64)
+    layer_depth[codes] = depth                  # a layer's depth is fixed for the whole run (its first call)
+    order = np.argsort(layer_depth, kind="stable")                                 # execution order
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    type_names = type_col.dictionary.to_pylist()
+    type_of = np.empty(len(names), dtype=object)
+    type_of[codes] = np.asarray(type_names, dtype=object)[type_col.indices.to_numpy(zero_copy_only=False)]
+    step = table.column("step").to_numpy()                                         # (n,)
+    steps = np.sort(pc.unique(table.column("step")).to_numpy())                    # (S,)
+    values = np.full((len(names), len(steps)), np.nan)
+    values[rank[codes], np.searchsorted(steps, step)] = table.column(stat).to_numpy(zero_copy_only=False)
+    return StatMatrix(run, stat, tuple(names[i] for i in order), tuple(type_of[order]), steps, values)
 
 
 def stat_matrix_from_frame(frame: pd.DataFrame, run: str, stat: str) -> StatMatrix:

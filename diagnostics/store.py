@@ -117,18 +117,26 @@ def _live_files(table_dir: Path) -> list[tuple[int, int, Path]]:
     return kept
 
 
-def _read_files(paths: Sequence[Path], columns: Sequence[str] | None,
-                filter_expr: pc.Expression | None) -> pa.Table:
+def _read_files(paths: Sequence[Path], columns: Sequence[str] | None, filter_expr: pc.Expression | None,
+                dictionary: Sequence[str] = ()) -> pa.Table:
     schemas = [pq.read_schema(p) for p in paths]
     schema = pa.unify_schemas(schemas, promote_options="permissive")
-    dataset = ds.dataset([str(p) for p in paths], schema=schema, format="parquet")
+    if dictionary:
+        # Read repeated strings (layer names) as dictionary arrays straight from Parquet's dictionary pages.
+        fields = [pa.field(f.name, pa.dictionary(pa.int32(), f.type)) if f.name in dictionary else f
+                  for f in schema]
+        schema = pa.schema(fields)
+        fmt = ds.ParquetFileFormat(read_options=ds.ParquetReadOptions(dictionary_columns=list(dictionary)))
+    else:
+        fmt = ds.ParquetFileFormat()
+    dataset = ds.dataset([str(p) for p in paths], schema=schema, format=fmt)
     if columns is not None:
         columns = [c for c in columns if c in schema.names]
     return dataset.to_table(columns=columns, filter=filter_expr)
 
 
 def _read_table(table_dir: Path, columns: Sequence[str] | None = None,
-                filter_expr: pc.Expression | None = None) -> pa.Table | None:
+                filter_expr: pc.Expression | None = None, dictionary: Sequence[str] = ()) -> pa.Table | None:
     """Read one table of a run, pushing column selection and the row filter down to Parquet.
 
     Retries when a compaction in another process removes a listed file between listing and reading.
@@ -138,7 +146,7 @@ def _read_table(table_dir: Path, columns: Sequence[str] | None = None,
         if not files:
             return None
         try:
-            return _read_files([p for _, _, p in files], columns, filter_expr)
+            return _read_files([p for _, _, p in files], columns, filter_expr, dictionary)
         except FileNotFoundError:
             time.sleep(0.02 * (attempt + 1))
     raise StoreError(f"{table_dir} keeps changing under the reader; try again in a moment.")
@@ -503,6 +511,18 @@ class RunStore:
                        "hist": HIST_COLUMNS}[table]
             return pd.DataFrame(columns=list(columns) if columns else list(default))
         return result.to_pandas()
+
+    def arrow_table(self, run_id: str, table: str, columns: Sequence[str] | None = None,
+                    dictionary: Sequence[str] = ()) -> pa.Table | None:
+        """One table of a run as Arrow (no pandas conversion); ``dictionary`` columns come dictionary-encoded.
+
+        Returns None when the run has no rows in that table yet.
+        """
+        run_dir = self._run_dir(run_id)
+        try:
+            return _read_table(run_dir / table, columns, None, dictionary)
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise StoreError(f"run {run_id}: the {table} table could not be read ({exc})") from exc
 
     def step_frame(self, run_id: str, steps: Any = None, columns: Sequence[str] | None = None) -> pd.DataFrame:
         """One row per recorded step: loss, metrics, total gradient norm, first non-finite layers."""

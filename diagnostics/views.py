@@ -81,7 +81,12 @@ class FlowView:
     findings: dict[str, list[Finding]]
     layers: list[str]
     steps: np.ndarray
-    data: pd.DataFrame                       # the shown statistic of every selected run, for downloads
+    matrices: dict[str, StatMatrix]          # the shown statistic of every selected run
+
+    def data(self) -> pd.DataFrame:
+        """The shown statistic of every selected run as long rows (built on demand: it can be millions)."""
+        frames = [_long(m) for m in self.matrices.values()]
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
 def gradient_flow_view(loader: Loader, options: FlowOptions, colors: dict[str, str],
@@ -121,8 +126,7 @@ def gradient_flow_view(loader: Loader, options: FlowOptions, colors: dict[str, s
                                    loader.stat_matrix(run, "update_ratio"), step_frames[run], options.thresholds,
                                    name=names.get(run, run))
                 for run in runs}
-    data = pd.concat([_long(m) for m in matrices.values()], ignore_index=True) if matrices else pd.DataFrame()
-    return FlowView(figures, findings, layers, steps, data)
+    return FlowView(figures, findings, layers, steps, matrices)
 
 
 def default_trend_layers(layers: list[str]) -> list[str]:

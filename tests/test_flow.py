@@ -155,7 +155,9 @@ def test_every_view_figure_has_a_title_and_labelled_axes(tmp_path):
                   for k in ("x", "y")}
         assert fig.layout.title.text, name
         assert any(titles["x"]) and any(titles["y"]), name
-    assert set(view.data["run"]) == set(ids) and "weight_grad_norm" in view.data
+    data = view.data()
+    assert set(data["run"]) == set(ids) and "weight_grad_norm" in data
+    assert len(data) == sum(m.values.size for m in view.matrices.values())
     assert len(view.figures["depth"].data) == 2                    # one line per run
 
 

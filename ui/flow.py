@@ -58,12 +58,18 @@ def _tensorboard_zip(root: str, run: str) -> bytes:
 def export_section(view: FlowView, root: str, runs: list[str], names: dict[str, str], stat: str) -> None:
     """Download the shown data (CSV / Parquet), a TensorBoard export and a self-contained HTML report."""
     c1, c2, c3, c4 = st.columns(4)
-    c1.download_button("Shown data (CSV)", view.data.to_csv(index=False).encode(), f"{stat}.csv", "text/csv",
-                       width="stretch")
-    buf = io.BytesIO()
-    view.data.to_parquet(buf, index=False)
-    c2.download_button("Shown data (Parquet)", buf.getvalue(), f"{stat}.parquet", "application/octet-stream",
-                       width="stretch")
+    fmt = c1.radio("Shown data as", ["CSV", "Parquet"], horizontal=True, key="flow_data_format")
+    if c2.button("Prepare the shown data", width="stretch"):
+        data = view.data()
+        if fmt == "CSV":
+            st.session_state["flow_data"] = (f"{stat}.csv", data.to_csv(index=False).encode(), "text/csv")
+        else:
+            buf = io.BytesIO()
+            data.to_parquet(buf, index=False)
+            st.session_state["flow_data"] = (f"{stat}.parquet", buf.getvalue(), "application/octet-stream")
+    if "flow_data" in st.session_state:
+        name, payload, mime = st.session_state["flow_data"]
+        c2.download_button(f"Download {name}", payload, name, mime, width="stretch")
     run = runs[0]
     if c3.button(f"Prepare TensorBoard export of {names.get(run, run)}", width="stretch"):
         st.session_state["tb_zip"] = (run, _tensorboard_zip(root, run))
