@@ -116,3 +116,28 @@ def test_a_corrupt_run_is_reported_and_the_page_keeps_working(tmp_path):
     at.multiselect(key="flow_runs").set_value([runs["bn"]]).run()
     assert not at.exception and len(at.get("plotly_chart")) == 8
     assert isinstance(dx.RunStore(store.root).frame(runs["bn"]), object)
+
+
+def test_a_run_still_being_written_refreshes_with_its_new_steps(tmp_path):
+    import torch
+    from torch import nn
+
+    store = dx.RunStore(tmp_path / "runs")
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1))
+
+    def steps(mon, n):
+        for _ in range(n):
+            model(torch.randn(2, 3)).pow(2).sum().backward()
+            mon.step()
+            model.zero_grad()
+
+    with dx.GradientMonitor(model, store=store, run_name="live", flush_every=1) as mon:
+        steps(mon, 3)
+        at = open_page(store.root, "pages/gradient_flow.py", selected=[mon.run_id])
+        assert any("still being written" in c.value for c in at.caption)
+        assert at.slider(key="flow_step").max == 2
+        steps(mon, 4)
+        at.run()
+        assert at.slider(key="flow_step").max == 6                # new steps appear without a reload
+    at.run()
+    assert not any("still being written" in c.value for c in at.caption)
