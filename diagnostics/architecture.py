@@ -166,3 +166,33 @@ def conv_kernels(state: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
     """Conv weights (3-D or 4-D tensors) by layer name, as float32 arrays for the kernel heatmaps."""
     return {name.rpartition(".")[0]: t.detach().float().numpy() for name, t in state.items()
             if name.endswith("weight") and t.dim() in (3, 4) and t.is_floating_point()}
+
+
+@dataclass
+class Recognition:
+    """What a checkpoint turned out to be, for display: the rebuilt model or why it could not be rebuilt."""
+
+    source: str
+    format: str
+    parameters: int
+    tensors: int
+    built: BuiltModel | None
+    problem: str | None
+    metadata: dict
+
+
+def recognise(ckpt: Checkpoint) -> Recognition:
+    """Try to rebuild the checkpoint's model; an unknown architecture is reported, not raised."""
+    try:
+        built, problem = rebuild(ckpt), None
+    except CheckpointError as exc:
+        built, problem = None, str(exc)
+    return Recognition(ckpt.source, ckpt.format, ckpt.parameter_count, len(ckpt.state_dict), built, problem,
+                       ckpt.metadata)
+
+
+def layer_table(model: nn.Module) -> pd.DataFrame:
+    """The model's leaf layers with their type and parameter count, in definition order."""
+    rows = [{"layer": name, "type": type(m).__name__, "parameters": sum(p.numel() for p in m.parameters(recurse=False))}
+            for name, m in model.named_modules() if next(m.children(), None) is None and name]
+    return pd.DataFrame(rows)

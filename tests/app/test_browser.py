@@ -14,6 +14,7 @@ PAGES = {
     "": ("Gradient Flow Diagnostics", 0),
     "gradient_flow": ("Findings", 8),
     "kernels": ("Kernel heatmaps", 1),
+    "checkpoint": ("Drop a checkpoint", 0),
 }
 
 
@@ -52,4 +53,24 @@ def test_page_renders_in_chromium(server, browser, artifacts, path):
     assert page.locator("[data-testid='stException']").count() == 0
     assert page.locator("[data-testid='stSidebarNav']").count() == 1          # routed through app.py
     page.screenshot(path=str(artifacts / f"page-{path or 'runs'}.png"))
+    page.close()
+
+
+def test_checkpoint_upload_and_probe_in_chromium(server, browser, artifacts, tmp_path):
+    import diagnostics as dx
+
+    url, _ = server
+    config = dx.variant_config("batchnorm", depth=4, width=4)
+    path = tmp_path / "epoch1.pt"
+    dx.save_checkpoint(dx.build_cnn(config), config, path)
+    page = open_page(browser, f"{url}/checkpoint")
+    page.locator("[data-testid='stFileUploaderDropzoneInput']").first.set_input_files(str(path))
+    page.get_by_text("project CNN (batchnorm, depth 4, relu)").first.wait_for(timeout=60_000)
+    page.get_by_role("button", name="Run the probe").click()
+    page.wait_for_function("() => document.querySelectorAll('.js-plotly-plot .main-svg').length >= 2",
+                           timeout=90_000)
+    page.get_by_text("Manual backward vs autograd").first.wait_for(timeout=60_000)
+    page.wait_for_timeout(800)
+    assert page.locator("[data-testid='stException']").count() == 0
+    page.screenshot(path=str(artifacts / "page-checkpoint-probed.png"))
     page.close()
