@@ -90,6 +90,23 @@ def load_batch_file(source: str | os.PathLike[str] | bytes, max_bytes: int = 512
     return Batch(x.float(), y.long() if y is not None else None, f"uploaded batch {tuple(x.shape)}", False)
 
 
+def folder_batch(root: str | os.PathLike[str], input_shape: tuple[int, ...], batch_size: int = 8,
+                 seed: int = 0) -> Batch:
+    """A batch of real images from a local folder of class sub-folders, resized to the model's input."""
+    from .data import DataError, load_image_folder
+
+    channels, *spatial = input_shape
+    if len(spatial) != 2 or channels not in (1, 3):
+        raise ProbeError(f"an image folder can feed models taking (1 or 3, H, W) images, not {input_shape}")
+    try:
+        split = load_image_folder(root, image_size=spatial[0], grayscale=channels == 1, seed=seed,
+                                  limit=max(4 * batch_size, 16), test_fraction=0.25)
+    except DataError as exc:
+        raise ProbeError(str(exc)) from None
+    return Batch(split.x_train[:batch_size], split.y_train[:batch_size],
+                 f"image folder {root} ({len(split.classes)} classes, {tuple(split.x_train.shape[1:])})", False)
+
+
 def _first_tensor(output: Any) -> torch.Tensor:
     if isinstance(output, torch.Tensor):
         return output
@@ -154,17 +171,17 @@ def probe(model: nn.Module, batch: Batch | torch.Tensor | None = None, loss: str
                 raise ProbeError("the input shape is unknown: pass input_shape=(C, H, W) or a batch")
             classes = num_classes or _output_size(work, shape)
             batch = default_batch(tuple(shape), classes, seed=seed)
-    if batch.y is None and loss == "cross_entropy":
-        with torch.no_grad():
-            out = _first_tensor(work(batch.x[:1]))
-        gen = torch.Generator().manual_seed(seed)
-        batch = Batch(batch.x, torch.randint(0, out.shape[-1], (len(batch.x),), generator=gen),
-                      batch.source + " with random labels", batch.synthetic)
     loss_fn = _loss_fn(loss)
     opt = torch.optim.SGD(work.parameters(), lr=lr) if steps > 1 else None
-    run_meta = {"probe": True, "synthetic_batch": batch.synthetic, "batch": batch.source, **(meta or {})}
     losses: list[float] = []
     try:
+        if batch.y is None and loss == "cross_entropy":
+            with torch.no_grad():
+                out = _first_tensor(work(batch.x[:1]))
+            gen = torch.Generator().manual_seed(seed)
+            batch = Batch(batch.x, torch.randint(0, out.shape[-1], (len(batch.x),), generator=gen),
+                          batch.source + " with random labels", batch.synthetic)
+        run_meta = {"probe": True, "synthetic_batch": batch.synthetic, "batch": batch.source, **(meta or {})}
         with GradientMonitor(work, store=store, run_name=run_name, optimizer=opt, histogram_every=1,
                              kernels="auto", kernel_every=1, meta=run_meta) as mon:
             for _ in range(steps):
@@ -177,7 +194,7 @@ def probe(model: nn.Module, batch: Batch | torch.Tensor | None = None, loss: str
                     opt.step()
                 work.zero_grad()
     except (RuntimeError, ValueError, IndexError) as exc:
-        if isinstance(exc, DiagnosticsError):
+        if isinstance(exc, ProbeError):
             raise
         raise ProbeError(f"the model could not run on the batch {tuple(batch.x.shape)} ({str(exc)[:300]}); "
                          "check the input shape") from None

@@ -3,6 +3,7 @@
 import streamlit as st
 
 import diagnostics as dx
+from diagnostics.probe import folder_batch
 from ui.checkpoint import batch_from_upload, load_sources, show_probes, show_recognition
 from ui.common import require_router, store_root
 
@@ -36,15 +37,17 @@ steps = c1.number_input("Steps (1 = gradient at these weights)", 1, 50, 1, key="
 lr = c2.number_input("Learning rate of extra steps", 0.0, 10.0, 0.001, format="%.4f", key="ckpt_lr")
 loss = c3.selectbox("Loss", ["cross_entropy", "sum_of_squares"], key="ckpt_loss")
 size = c4.select_slider("Image size for torchvision models", [32, 64, 128, 224], value=64, key="ckpt_size")
-batch_file = st.file_uploader("Optional: a batch to probe with (torch.save({'x': inputs, 'y': labels}))",
+b1, b2 = st.columns(2)
+batch_file = b1.file_uploader("Optional: a batch to probe with (torch.save({'x': inputs, 'y': labels}))",
                               key="ckpt_batch")
+folder = b2.text_input("…or a folder of images in class sub-folders, on this machine", key="ckpt_folder")
 if st.button("Run the probe", type="primary", key="ckpt_run"):
     results = {}
     store = dx.RunStore(store_root())
     for ckpt, rec in probeable:
         shape = rec.built.input_shape if rec.built.config else (rec.built.input_shape[0], size, size)
         try:
-            batch = batch_from_upload(batch_file)
+            batch = batch_from_upload(batch_file) or (folder_batch(folder.strip(), shape) if folder.strip() else None)
             with st.spinner(f"Probing {ckpt.source}…"):
                 results[ckpt.source] = dx.probe(rec.built.model, batch, loss, int(steps), store, input_shape=shape,
                                                 lr=float(lr), run_name=f"checkpoint {ckpt.source}",
