@@ -6,6 +6,12 @@ from . import stats
 from .errors import CheckpointError, DiagnosticsError, MonitorError, NonFiniteGradientError, StoreError
 from .monitor import GradientMonitor
 from .store import RunStore, RunWriter
+from .checkpoint import Checkpoint, load_checkpoint
+from .architecture import BuiltModel, build_model, rebuild
+from .probe import ProbeError, ProbeResult, probe
+from .data import DataError, DataSplit, load_dataset
+from .models import CNNConfig, ModelConfigError, build_cnn, load_project_checkpoint, save_checkpoint, variant_config
+from .training import ComparisonJob, TrainConfig, TrainingError, compare
 
 __version__ = "0.1.0"
 
@@ -20,4 +26,25 @@ __all__ = [
     "StoreError",
     "stats",
     "__version__",
+    "BuiltModel",
+    "Checkpoint",
+    "ProbeError",
+    "ProbeResult",
+    "build_model",
+    "load_checkpoint",
+    "probe",
+    "rebuild",
+    "CNNConfig",
+    "ComparisonJob",
+    "DataError",
+    "DataSplit",
+    "ModelConfigError",
+    "TrainConfig",
+    "TrainingError",
+    "build_cnn",
+    "compare",
+    "load_dataset",
+    "load_project_checkpoint",
+    "save_checkpoint",
+    "variant_config",
 ]

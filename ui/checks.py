@@ -1,0 +1,181 @@
+"""Widget groups of the Gradient checks page: a layer's constructor options, the input's shape, cached checks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import streamlit as st
+
+from diagnostics.checks_view import (LAYERS, PADDING_MODES, CheckResult, Duality, build_layer, check_layer,
+                                     input_shape, make_input, transpose_duality)
+
+
+class _Grid:
+    """Hands out the cells of rows of ``n`` columns, left to right, starting a new row when one is full."""
+
+    def __init__(self, n: int = 4) -> None:
+        self.n = n
+        self.cells: list = []
+
+    def cell(self):
+        if not self.cells:
+            self.cells = list(st.columns(self.n))
+        return self.cells.pop(0)
+
+    def row(self) -> None:
+        """The next cell starts a new row."""
+        self.cells = []
+
+
+def _int(container, label: str, key: str, value: int, min_value: int | None = 0, max_value: int | None = 32,
+         help: str | None = None) -> int:
+    return int(container.number_input(label, min_value=min_value, max_value=max_value, value=int(value), step=1,
+                                      key=key, help=help))
+
+
+def _sizes(grid: _Grid, label: str, key: str, value: Any, min_value: int, max_value: int, dims: int,
+           help: str | None = None):
+    """One int per spatial dimension in the next cells: ``(h, w)`` for 2-d layers, an int for 1-d ones."""
+    values = tuple(value) if isinstance(value, (tuple, list)) else (value,) * dims
+    if dims == 1:
+        return _int(grid.cell(), label, key, values[0], min_value, max_value, help)
+    return (_int(grid.cell(), f"{label} (h)", f"{key}_h", values[0], min_value, max_value, help),
+            _int(grid.cell(), f"{label} (w)", f"{key}_w", values[1], min_value, max_value, help))
+
+
+def _conv_options(layer: str, channels: int, grid: _Grid) -> dict[str, Any]:
+    spec = LAYERS[layer]
+    d, k, dims = spec.defaults, f"chk_{layer}", (1 if spec.layout == "NCL" else 2)
+    options = {"out_channels": _int(grid.cell(), "Output channels", f"{k}_out_channels", d["out_channels"], 1, 32)}
+    depthwise = grid.cell().checkbox("Depthwise (groups = in_channels)", key=f"{k}_depthwise",
+                                     help="Each input channel gets its own filters; out_channels must be a multiple.")
+    cell = grid.cell()
+    if depthwise:
+        cell.caption(f"groups = {channels}")
+        options["groups"] = channels
+    else:
+        options["groups"] = _int(cell, "Groups", f"{k}_groups", d["groups"], 1, 32,
+                                 help="Both in_channels and out_channels must be divisible by groups.")
+    options["bias"] = grid.cell().checkbox("Bias", value=True, key=f"{k}_bias")
+    grid.row()
+    options["kernel_size"] = _sizes(grid, "Kernel size", f"{k}_kernel", d["kernel_size"], 1, 9, dims)
+    options["stride"] = _sizes(grid, "Stride", f"{k}_stride", d["stride"], 1, 4, dims)
+    grid.row()
+    if spec.family == "conv":
+        kind = grid.cell().selectbox("Padding", ["numbers", "same", "valid"], key=f"{k}_padding_kind",
+                                     help="'same' keeps the size (stride 1 only); 'valid' pads nothing.")
+        numbers = _sizes(grid, "Padding", f"{k}_padding", d["padding"], 0, 8, dims)
+        options["padding"] = numbers if kind == "numbers" else kind
+        options["padding_mode"] = grid.cell().selectbox("Padding mode", PADDING_MODES, key=f"{k}_padding_mode")
+    else:
+        options["padding"] = _sizes(grid, "Padding", f"{k}_padding", d["padding"], 0, 8, dims)
+        options["output_padding"] = _sizes(grid, "Output padding", f"{k}_output_padding", d["output_padding"], 0,
+                                           4, dims, help="Must be smaller than the stride or the dilation.")
+    grid.row()
+    options["dilation"] = _sizes(grid, "Dilation", f"{k}_dilation", d["dilation"], 1, 4, dims)
+    return options
+
+
+def _pool_options(layer: str, grid: _Grid) -> dict[str, Any]:
+    spec = LAYERS[layer]
+    d, k, dims = spec.defaults, f"chk_{layer}", (1 if spec.layout == "NCL" else 2)
+    options = {"kernel_size": _sizes(grid, "Kernel size", f"{k}_kernel", d["kernel_size"], 1, 9, dims),
+               "stride": _sizes(grid, "Stride", f"{k}_stride", d["stride"], 1, 4, dims)}
+    grid.row()
+    options["padding"] = _sizes(grid, "Padding", f"{k}_padding", d["padding"], 0, 4, dims,
+                                help="At most half the (dilated) kernel size.")
+    if spec.family == "max_pool":
+        options["dilation"] = _sizes(grid, "Dilation", f"{k}_dilation", d["dilation"], 1, 4, dims)
+    grid.row()
+    options["ceil_mode"] = grid.cell().checkbox("ceil_mode", key=f"{k}_ceil_mode",
+                                                help="Round the output size up: a last, partial window.")
+    if spec.family == "max_pool":
+        options["return_indices"] = grid.cell().checkbox("return_indices", key=f"{k}_return_indices",
+                                                         help="Also return the argmax (the gradient ignores it).")
+        return options
+    options["count_include_pad"] = grid.cell().checkbox(
+        "count_include_pad", value=True, key=f"{k}_count_include_pad",
+        help="Divide by the window size including the padding.")
+    if dims == 2:
+        override = _int(grid.cell(), "divisor_override (0 = none)", f"{k}_divisor_override", 0, 0, 100)
+        options["divisor_override"] = override or None
+    return options
+
+
+def layer_options(layer: str, channels: int) -> dict[str, Any]:
+    """Every constructor option of a layer type, as widgets (keys ``chk_<layer>_<option>``).
+
+    Args:
+        layer: A key of :data:`~diagnostics.checks_view.LAYERS`.
+        channels: The input's channels (for depthwise convolutions).
+
+    Returns:
+        The options for :func:`~diagnostics.checks_view.build_layer`.
+    """
+    spec = LAYERS[layer]
+    d, k, dims = spec.defaults, f"chk_{layer}", (1 if spec.layout == "NCL" else 2)
+    grid = _Grid()
+    if spec.family in ("conv", "conv_transpose"):
+        return _conv_options(layer, channels, grid)
+    if spec.family in ("max_pool", "avg_pool"):
+        return _pool_options(layer, grid)
+    if spec.family in ("adaptive_avg", "adaptive_max"):
+        options = {"output_size": _sizes(grid, "Output size", f"{k}_output_size", d["output_size"], 1, 16, dims)}
+        if spec.family == "adaptive_max":
+            options["return_indices"] = grid.cell().checkbox("return_indices", key=f"{k}_return_indices")
+        return options
+    if spec.family == "relu":
+        return {"inplace": grid.cell().checkbox("inplace", key=f"{k}_inplace")}
+    if spec.family == "linear":
+        return {"out_features": _int(grid.cell(), "Output features", f"{k}_out_features", d["out_features"], 1, 32),
+                "bias": grid.cell().checkbox("Bias", value=True, key=f"{k}_bias")}
+    if spec.family == "batchnorm":
+        return {"mode": grid.cell().radio("Mode", ["train", "eval"], horizontal=True, key=f"{k}_mode",
+                                          help="train: batch statistics; eval: running statistics (random here)."),
+                "eps": float(grid.cell().number_input("eps", 1e-12, 1.0, 1e-5, format="%.1e", key=f"{k}_eps")),
+                "momentum": float(grid.cell().number_input("momentum", 0.0, 1.0, 0.1, key=f"{k}_momentum")),
+                "affine": grid.cell().checkbox("affine (gamma, beta)", value=True, key=f"{k}_affine"),
+                "track_running_stats": grid.cell().checkbox("track_running_stats", value=True, key=f"{k}_track")}
+    if spec.family == "flatten":
+        return {"start_dim": _int(grid.cell(), "start_dim", f"{k}_start_dim", 1, -4, 3),
+                "end_dim": _int(grid.cell(), "end_dim", f"{k}_end_dim", -1, -4, 3)}
+    st.caption(f"{spec.name} has no options.")
+    return {}
+
+
+def input_shape_widgets(layer: str) -> tuple[int, ...]:
+    """The input's shape (keys ``chk_batch``, ``chk_channels``, ``chk_height``, ``chk_width``).
+
+    Args:
+        layer: A key of :data:`~diagnostics.checks_view.LAYERS`.
+
+    Returns:
+        The shape for :func:`~diagnostics.checks_view.check_layer`.
+    """
+    spec = LAYERS[layer]
+    channel_label = {"in_channels": "Channels (in_channels)", "in_features": "Features (in_features)",
+                     "num_features": "Channels (num_features)"}.get(spec.channel_arg, "Channels")
+    cols = st.columns(4)
+    batch = _int(cols[0], "Batch N", "chk_batch", 2, 0, 8, help="0 and 1 are allowed.")
+    channels = _int(cols[1], channel_label, "chk_channels", 3, 1, 16)
+    height = width = 0
+    if spec.layout == "NCHW":
+        height = _int(cols[2], "Height H", "chk_height", 7, 1, 32)
+        width = _int(cols[3], "Width W", "chk_width", 6, 1, 32)
+    elif spec.layout in ("NCL", "NC[L]"):
+        optional = spec.layout == "NC[L]"
+        width = _int(cols[2], "Length L" + (" (0 = none)" if optional else ""), "chk_length", 7,
+                     0 if optional else 1, 32)
+    return input_shape(layer, batch, channels, height, width)
+
+
+@st.cache_data(show_spinner="Checking the manual gradients…", max_entries=64)
+def cached_check(layer: str, options: dict[str, Any], shape: tuple[int, ...], impl: str, seed: int) -> CheckResult:
+    """:func:`~diagnostics.checks_view.check_layer`, cached by its arguments (errors are not cached)."""
+    return check_layer(layer, options, shape, impl=impl, seed=seed)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def cached_duality(layer: str, options: dict[str, Any], shape: tuple[int, ...], seed: int) -> Duality:
+    """:func:`~diagnostics.checks_view.transpose_duality` of the layer on the page's input, cached."""
+    return transpose_duality(build_layer(layer, options, shape[1], seed), make_input(shape, seed), seed)

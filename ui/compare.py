@@ -1,0 +1,97 @@
+"""Streamlit pieces of the Compare training page: settings form, polling progress panel, cached comparison reads."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+
+import diagnostics as dx
+from diagnostics.comparison import ComparisonData, comparison_runs, comparisons, load_comparison
+from diagnostics.data import DATASETS
+from diagnostics.models import ACTIVATIONS, INITS, VARIANTS
+from diagnostics.training import ComparisonJob, TrainConfig
+
+from .common import _store_signature
+
+JOB_KEY = "compare_job"
+GROUP_KEY = "compare_group"
+INIT_LABELS = {"default": "PyTorch default", "he": "He (Kaiming)", "xavier": "Xavier (Glorot)"}
+ON_DISK = {"folder", "mnist", "fashion-mnist", "cifar10"}
+
+
+def settings_form(running: bool = False) -> dict[str, Any] | None:
+    """The comparison settings; returns them when the user presses Start, else ``None``.
+
+    Args:
+        running: A comparison of this session is still training: Start is disabled until it ends.
+    """
+    defaults = TrainConfig()
+    with st.form("compare_settings"):
+        c1, c2, c3 = st.columns(3)
+        variants = c1.multiselect("Variants", list(VARIANTS), default=list(VARIANTS), key="cmp_variants")
+        depth = c1.slider("Depth (conv layers)", 2, 100, 20, key="cmp_depth")
+        width = c1.number_input("Width (channels per conv layer)", 1, 256, 16, key="cmp_width")
+        activation = c2.selectbox("Activation", list(ACTIVATIONS), key="cmp_activation")
+        init = c2.selectbox("Initialisation", list(INITS), format_func=INIT_LABELS.get, key="cmp_init")
+        steps = c2.number_input("Steps per variant", 1, 20_000, defaults.steps, key="cmp_steps")
+        lr = c3.number_input("Learning rate (SGD, momentum 0.9)", 1e-5, 10.0, defaults.lr, step=0.001,
+                             format="%.4f", key="cmp_lr")
+        dataset = c3.selectbox("Dataset", DATASETS, key="cmp_dataset",
+                               help="digits: scikit-learn's 1,797 real 8×8 digits, offline. signals1d: generated "
+                                    "1-D signals (Conv1d). folder/mnist/fashion-mnist/cifar10 read from disk.")
+        root = c3.text_input("Dataset folder (for folder, mnist, fashion-mnist, cifar10)", key="cmp_root")
+        download = c3.checkbox("Download torchvision data if missing", key="cmp_download")
+        start = st.form_submit_button("Start comparison", type="primary", disabled=running,
+                                      help="A comparison is still training." if running else None)
+    if not start:
+        return None
+    return {"variants": variants, "depth": int(depth), "width": int(width), "activation": activation, "init": init,
+            "steps": int(steps), "lr": float(lr), "dataset": dataset,
+            "data_root": (root.strip() or None) if dataset in ON_DISK else None, "download": download}
+
+
+def start_job(root: str, settings: dict[str, Any]) -> None:
+    """Validate, load the data and start training in a worker thread; errors are shown, never raised."""
+    try:
+        st.session_state[JOB_KEY] = ComparisonJob(store=root, **settings).start()
+    except dx.DiagnosticsError as exc:
+        st.error(f"Could not start the comparison: {exc}")
+
+
+@st.fragment(run_every=1.0)
+def progress_panel(job: ComparisonJob) -> None:
+    """One progress bar per variant, refreshed every second while the worker trains."""
+    latest = job.latest()
+    for variant, fraction in job.fractions().items():
+        p = latest.get(variant)
+        text = f"{variant}: waiting"
+        if p is not None:
+            acc = "–" if p.accuracy != p.accuracy else f"{p.accuracy:.0%}"
+            state = " (diverged)" if p.diverged else (" (done)" if p.done else "")
+            text = f"{variant}: step {p.step}/{p.steps}, loss {p.loss:.3g}, held-out accuracy {acc}{state}"
+        st.progress(min(1.0, fraction), text=text)
+    if job.finished:
+        st.rerun(scope="app")
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def _comparisons(root: str, signature: tuple) -> pd.DataFrame:
+    return comparisons(dx.RunStore(root))
+
+
+def past_comparisons(root: str) -> pd.DataFrame:
+    """The comparisons in the store, newest first (cached until a run changes)."""
+    return _comparisons(root, _store_signature(root))
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def _comparison_data(root: str, group: str, signature: tuple) -> ComparisonData:
+    store = dx.RunStore(root)
+    return load_comparison(store, comparison_runs(store, group))
+
+
+def comparison_data(root: str, group: str) -> ComparisonData:
+    """One comparison's curves and conv-layer statistics (cached until a run changes)."""
+    return _comparison_data(root, group, _store_signature(root))
