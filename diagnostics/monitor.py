@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import fnmatch
 import math
+import zlib
 import time
 import warnings
 import weakref
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -120,6 +121,59 @@ class _Scratch:
         return buf
 
 
+def _all_reduce_step(buf: _StepBuffer, group: Any = None) -> None:
+    """Combine one step's per-call sums across the processes of ``group``, in place, outside any hook.
+
+    Σx, Σx², non-zero, element and NaN/Inf counts are added; maxima take the maximum. Each rank's loss
+    averages only its local batch, so a local output gradient is ``W`` times the gradient of the global mean
+    loss: Σ|g| is divided by W, Σg² by W², max|g| by W. The result equals one process on the global batch.
+    Two collectives per step (plus one small consistency check).
+    """
+    import torch.distributed as dist
+
+    world = dist.get_world_size(group)
+    acts = [(name, i, call) for name in sorted(buf.acts) for i, call in enumerate(buf.acts[name])]
+    grads = [(name, i, call) for name in sorted(buf.grads) for i, call in enumerate(buf.grads[name])]
+    calls = [c for _, _, c in acts + grads]
+    if not calls:
+        return
+    device = calls[0].sums.device
+    layout = "|".join(f"a:{n}:{i}" for n, i, _ in acts) + "#" + "|".join(f"g:{n}:{i}" for n, i, _ in grads)
+    signature = float(zlib.crc32(layout.encode()))
+    check = torch.tensor([signature, -signature, len(calls), -len(calls)], dtype=torch.float64, device=device)
+    dist.all_reduce(check, op=dist.ReduceOp.MAX, group=group)
+    if check[0] != -check[1] or check[2] != -check[3]:
+        raise MonitorError("the ranks recorded different layers or call counts in one step; every rank must run "
+                           "the same model code on a batch of the same shape")
+
+    def nonfinite(call: Any) -> torch.Tensor:
+        value = call.nonfinite
+        if isinstance(value, torch.Tensor):
+            return value.to(device=device, dtype=torch.float64).reshape(1)
+        return torch.tensor([float(value)], dtype=torch.float64, device=device)
+
+    numel = [torch.tensor([float(c.numel)], dtype=torch.float64, device=device) for c in calls]
+    added = torch.cat([                                                 # every additive number, in order
+        *(torch.cat([c.sums.to(torch.float64), n, nonfinite(c)]) for c, n in zip(calls[:len(acts)], numel)),
+        *(torch.cat([c.sums[:2].to(torch.float64), n, nonfinite(c)]) for c, n in
+          zip(calls[len(acts):], numel[len(acts):])),
+    ])                                                                  # (5 * acts + 4 * grads,)
+    maxima = torch.stack([c.sums[2].to(torch.float64) for c in calls[len(acts):]]) if grads else None
+    dist.all_reduce(added, group=group)
+    if maxima is not None:
+        dist.all_reduce(maxima, op=dist.ReduceOp.MAX, group=group)
+    pos = 0
+    for name, i, call in acts:
+        s = added[pos:pos + 5]
+        buf.acts[name][i] = replace(call, numel=int(s[3].item()), sums=s[:3].clone(), nonfinite=int(s[4].item()))
+        pos += 5
+    for k, (name, i, call) in enumerate(grads):
+        s = added[pos:pos + 4]
+        sums = torch.stack([s[0] / world, s[1] / world**2, maxima[k] / world])  # (3,) of the global mean loss
+        buf.grads[name][i] = replace(call, numel=int(s[2].item()), sums=sums, nonfinite=int(s[3].item()))
+        pos += 4
+
+
 def _floating_tensors(output: Any) -> list[torch.Tensor]:
     """The floating-point tensors in a module output (a tensor, or a tuple/list/dict holding tensors)."""
     if isinstance(output, torch.Tensor):
@@ -188,6 +242,11 @@ class GradientMonitor:
         flush_every: Write the store every this many recorded steps (and at least every 2 s).
         activations: Also record activation and activation-gradient statistics (the forward hooks). With
             ``False`` only weight statistics are taken (the layer order is still tracked).
+        distributed: Under DistributedDataParallel, ``True`` (the default process group) or a process group:
+            activation statistics of all ranks are combined once per step, outside the hooks, so that they
+            equal one process on the global batch (weight gradients are read after DDP's all-reduce anyway).
+            Every rank constructs and steps its monitor the same way; only rank 0 should pass a ``store``.
+            Histograms are refused (one rank's histogram is not the global batch's).
     """
 
     def __init__(self, model: nn.Module, store: RunStore | None = None, run_name: str | None = None, *,
@@ -197,11 +256,14 @@ class GradientMonitor:
                  histogram_every: int = 0, on_nonfinite: str = "warn",
                  kernels: Sequence[str] | str | None = None, kernel_every: int = 50,
                  kernel_max_mb: float = 256.0, meta: Mapping[str, Any] | None = None,
-                 flush_every: int = 10, activations: bool = True) -> None:
+                 flush_every: int = 10, activations: bool = True, distributed: bool | Any = False) -> None:
         if not isinstance(model, nn.Module):
             raise MonitorError(f"GradientMonitor needs an nn.Module, got {type(model).__name__}")
         if every < 1:
             raise MonitorError(f"every must be a positive number of steps, got {every}")
+        if distributed is not False and histogram_every:
+            raise MonitorError("histograms are not supported with distributed=... (one rank's output-gradient "
+                               "histogram is not the global batch's); use histogram_every=0")
         if on_nonfinite not in ("warn", "raise", "ignore"):
             raise MonitorError(f"on_nonfinite must be 'warn', 'raise' or 'ignore', got {on_nonfinite!r}")
         self.model = model
@@ -218,6 +280,8 @@ class GradientMonitor:
         self._extra_meta = dict(meta or {})
         self._flush_every = flush_every
         self.activations = bool(activations)
+        self.distributed = distributed is not False
+        self._group = None if distributed is True or distributed is False else distributed
         self.run_id: str | None = None
 
         self._layer_names: dict[nn.Module, str] = {}
@@ -449,6 +513,11 @@ class GradientMonitor:
         self._record(step, buf, loss, metrics)
 
     def _record(self, step: int, buf: _StepBuffer, loss: Any, metrics: Mapping[str, Any]) -> None:
+        if self.distributed:
+            import torch.distributed as dist
+
+            if dist.is_available() and dist.is_initialized() and dist.get_world_size(self._group) > 1:
+                _all_reduce_step(buf, self._group)
         transfer = _Transfer()
         scale = 1.0
         weight_scale = 1.0

@@ -13,7 +13,6 @@ import threading
 import time
 import types
 import warnings
-import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
@@ -24,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data import DataSplit, load_dataset
-from .errors import DiagnosticsError, MonitorError
+from .errors import DiagnosticsError
 from .models import VARIANTS, CNNConfig, build_cnn, save_checkpoint, variant_config
 from .monitor import GradientMonitor
 from .store import RunStore
@@ -216,80 +215,6 @@ def convert_sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
     return model
 
 
-class DistributedGradientMonitor(GradientMonitor):
-    """A :class:`GradientMonitor` for DDP: per-rank activation statistics are combined once per step.
-
-    Weight-gradient statistics need nothing extra (``p.grad`` is read after DDP's all-reduce). The hooks
-    reduce each layer output and output gradient to a few sums as usual; before the step is finalised those
-    sums are all-reduced across ranks (outside any hook, in two collectives per step): Σx, Σx², non-zero and
-    element counts are added, maxima take the maximum. Each rank's loss averages only its local batch, so a
-    local output gradient is ``W`` times the gradient of the global mean loss; gradient sums are divided
-    accordingly (Σ|g| by W, Σg² by W², max|g| by W). The result equals one process on the global batch.
-
-    Every rank must construct and step its monitor identically; only rank 0 should pass a ``store``.
-
-    This subclass overrides the private ``GradientMonitor._record`` (combining the step buffer first); see
-    :meth:`_record`.
-    """
-
-    def __init__(self, model: nn.Module, *args: Any, group: Any = None, **kwargs: Any) -> None:
-        super().__init__(model, *args, **kwargs)
-        if self.histogram_every:
-            raise MonitorError("histograms are not supported by DistributedGradientMonitor (the output-gradient "
-                               "histograms of one rank are not those of the global batch); use histogram_every=0")
-        self._group = group
-
-    def _record(self, step: int, buf: Any, loss: Any, metrics: Mapping[str, Any]) -> None:
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size(self._group) > 1:
-            combine_step_buffer(buf, self._group)
-        super()._record(step, buf, loss, metrics)
-
-
-def combine_step_buffer(buf: Any, group: Any = None) -> None:
-    """All-reduce a monitor step buffer's per-call sums in place (see :class:`DistributedGradientMonitor`)."""
-    world = dist.get_world_size(group)
-    acts = [(name, i, call) for name in sorted(buf.acts) for i, call in enumerate(buf.acts[name])]
-    grads = [(name, i, call) for name in sorted(buf.grads) for i, call in enumerate(buf.grads[name])]
-    calls = [c for _, _, c in acts + grads]
-    if not calls:
-        return
-    device = calls[0].sums.device
-    layout = "|".join(f"a:{n}:{i}" for n, i, _ in acts) + "#" + "|".join(f"g:{n}:{i}" for n, i, _ in grads)
-    signature = float(zlib.crc32(layout.encode()))
-    check = torch.tensor([signature, -signature, len(calls), -len(calls)], dtype=torch.float64, device=device)
-    dist.all_reduce(check, op=dist.ReduceOp.MAX, group=group)
-    if check[0] != -check[1] or check[2] != -check[3]:
-        raise MonitorError("the ranks recorded different layers or call counts in one step; every rank must run "
-                           "the same model code on a batch of the same shape")
-
-    def nonfinite(call: Any) -> torch.Tensor:
-        value = call.nonfinite
-        if isinstance(value, torch.Tensor):
-            return value.to(device=device, dtype=torch.float64).reshape(1)
-        return torch.tensor([float(value)], dtype=torch.float64, device=device)
-
-    numel = [torch.tensor([float(c.numel)], dtype=torch.float64, device=device) for c in calls]
-    added = torch.cat([                                                 # every additive number, in order
-        *(torch.cat([c.sums.to(torch.float64), n, nonfinite(c)]) for c, n in zip(calls[:len(acts)], numel)),
-        *(torch.cat([c.sums[:2].to(torch.float64), n, nonfinite(c)]) for c, n in
-          zip(calls[len(acts):], numel[len(acts):])),
-    ])                                                                  # (5 * acts + 4 * grads,)
-    maxima = torch.stack([c.sums[2].to(torch.float64) for c in calls[len(acts):]]) if grads else None
-    dist.all_reduce(added, group=group)
-    if maxima is not None:
-        dist.all_reduce(maxima, op=dist.ReduceOp.MAX, group=group)
-    pos = 0
-    for name, i, call in acts:
-        s = added[pos:pos + 5]
-        buf.acts[name][i] = replace(call, numel=int(s[3].item()), sums=s[:3].clone(), nonfinite=int(s[4].item()))
-        pos += 5
-    for k, (name, i, call) in enumerate(grads):
-        s = added[pos:pos + 4]
-        sums = torch.stack([s[0] / world, s[1] / world**2, maxima[k] / world])  # (3,) of the global mean loss
-        buf.grads[name][i] = replace(call, numel=int(s[2].item()), sums=sums, nonfinite=int(s[3].item()))
-        pos += 4
-
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -372,13 +297,12 @@ def _train_one(job: _Job, variant: str, index: int, *, rank: int, world: int, de
     store = RunStore(job.store_root) if rank == 0 else None
     meta = {"kind": "comparison", "group": job.group, "variant": variant, "config": config.to_dict(),
             "train": asdict(cfg), "dataset": data.info(), "seed": job.seed, "world_size": world, **job.meta}
-    monitor_cls = DistributedGradientMonitor if world > 1 else GradientMonitor
     name = f"{variant} d{config.depth}"
     accuracy = math.nan
     diverged = False
     steps_done = 0
-    with monitor_cls(net, store=store, run_name=name, optimizer=optimizer, on_nonfinite="ignore",
-                     kernels=job.kernels if rank == 0 else None, meta=meta) as mon:
+    with GradientMonitor(net, store=store, run_name=name, optimizer=optimizer, on_nonfinite="ignore",
+                         kernels=job.kernels if rank == 0 else None, meta=meta, distributed=world > 1) as mon:
         run_id = mon.run_id or ""
         for step in range(cfg.steps):
             idx = order[step, rank * local:(rank + 1) * local]      # (local,) this rank's slice

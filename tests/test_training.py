@@ -23,7 +23,7 @@ from diagnostics.comparison import (
 )
 from diagnostics.models import VARIANTS, load_project_checkpoint
 from diagnostics.training import (
-    CHECKPOINT_FILE, ComparisonJob, DistributedGradientMonitor, SyncBatchNormCPU, TrainingError, batch_indices,
+    CHECKPOINT_FILE, ComparisonJob, SyncBatchNormCPU, TrainingError, batch_indices,
     flush_denormals, resolve_workers,
 )
 
@@ -210,8 +210,8 @@ def test_sync_batchnorm_cpu_without_a_process_group_is_batchnorm():
 
 def test_distributed_monitor_refuses_histograms():
     with pytest.raises(dx.MonitorError, match="histograms are not supported"):
-        DistributedGradientMonitor(nn.Linear(2, 2), histogram_every=1)
-    assert DistributedGradientMonitor(nn.Linear(2, 2)).histogram_every == 0
+        dx.GradientMonitor(nn.Linear(2, 2), histogram_every=1, distributed=True)
+    assert dx.GradientMonitor(nn.Linear(2, 2), distributed=True).histogram_every == 0
 
 
 def assert_same_statistics(store: dx.RunStore, single: dict[str, str], ddp: dict[str, str]) -> None:
