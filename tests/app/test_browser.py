@@ -14,6 +14,7 @@ PAGES = {
     "": ("Gradient Flow Diagnostics", 0),
     "gradient_flow": ("Findings", 8),
     "kernels": ("Kernel heatmaps", 1),
+    "compare": ("No comparisons in", 0),
     "checks": ("Errors: manual rule vs autograd", 2),
     "checkpoint": ("Drop a checkpoint", 0),
 }
