@@ -91,11 +91,12 @@ class _Transfer:
         out = np.empty(self._size, dtype=np.float64)
         for offset, value in self._host.items():
             out[offset] = value
-        by_device: dict[torch.device, list[int]] = defaultdict(list)
+        groups: dict[tuple[torch.device, torch.dtype], list[int]] = defaultdict(list)
         for i, part in enumerate(self._parts):
-            by_device[part.device].append(i)
-        for indices in by_device.values():
-            joined = torch.cat([self._parts[i].to(torch.float64) for i in indices]).cpu().numpy()
+            groups[(part.device, part.dtype)].append(i)
+        for indices in groups.values():
+            # One concatenation and one copy to the host per (device, dtype), converted once.
+            joined = torch.cat([self._parts[i] for i in indices]).cpu().to(torch.float64).numpy()
             pos = 0
             for i in indices:
                 n = self._parts[i].numel()

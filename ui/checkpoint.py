@@ -72,7 +72,7 @@ def show_recognition(ckpt: dx.Checkpoint, rec: Recognition) -> None:
 def show_probes(results: dict[str, dx.ProbeResult], store: dx.RunStore) -> None:
     """Gradient vs depth of every probed checkpoint on one chart, then each one's kernels and layer checks."""
     names = {r.run_id: name for name, r in results.items()}
-    colors = run_colors(list(names))
+    colors = run_colors(store.run_ids())            # the same colour per run as on every other page
     profiles = []
     for name, result in results.items():
         matrix = stat_matrix_from_frame(result.frame, result.run_id, "weight_grad_norm")
