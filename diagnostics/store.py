@@ -64,12 +64,14 @@ def new_run_id(name: str) -> str:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a mix."""
+    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a mix.
+
+    No fsync: a killed process (even SIGKILL) loses nothing that reached the page cache, and syncing every
+    chunk would cost the training loop milliseconds per flush. Only a power loss can lose the last flushes.
+    """
     tmp = path.with_name(f".tmp-{os.getpid()}-{secrets.token_hex(4)}-{path.name}")
     with open(tmp, "wb") as fh:
         fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
     os.replace(tmp, path)
 
 
@@ -80,8 +82,6 @@ def _write_json_atomic(path: Path, obj: Mapping[str, Any]) -> None:
 def _write_table_atomic(path: Path, table: pa.Table) -> None:
     tmp = path.with_name(f".tmp-{os.getpid()}-{secrets.token_hex(4)}-{path.name}")
     pq.write_table(table, tmp, compression="zstd")
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
     os.replace(tmp, path)
 
 
