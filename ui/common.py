@@ -86,8 +86,12 @@ def load_runs() -> pd.DataFrame:
     """The runs of the chosen store (cached until a run changes); skipped entries are shown as warnings."""
     root = store_root()
     runs = _runs(root, _store_signature(root))
-    for message in runs.attrs.get("warnings", []):
-        st.warning(message)
+    skipped = runs.attrs.get("warnings", [])
+    if skipped:
+        shown = "\n".join(f"- {m}" for m in skipped[:5])
+        more = f"\n- … and {len(skipped) - 5} more" if len(skipped) > 5 else ""
+        st.warning(f"{len(skipped)} entr{'y' if len(skipped) == 1 else 'ies'} in `{root}` skipped (not readable "
+                   f"runs; nothing was changed):\n{shown}{more}")
     return runs
 
 

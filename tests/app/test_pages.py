@@ -141,3 +141,13 @@ def test_a_run_still_being_written_refreshes_with_its_new_steps(tmp_path):
         assert at.slider(key="flow_step").max == 6                # new steps appear without a reload
     at.run()
     assert not any("still being written" in c.value for c in at.caption)
+
+
+def test_junk_in_the_store_folder_gives_one_summary_warning(tmp_path):
+    store, runs = make_store(tmp_path / "runs")
+    for i in range(8):
+        (store.root / f"junk-{i}").mkdir()
+    (store.root / "notes.txt").write_text("not a run")
+    at = open_page(store.root)
+    assert len(at.warning) == 1 and "9 entries" in at.warning[0].value and "and 4 more" in at.warning[0].value
+    assert len(at.dataframe[0].value) == 3                    # the real runs are still listed
