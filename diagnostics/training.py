@@ -371,6 +371,9 @@ def _ddp_worker(rank: int, world: int, port: int, job: _Job, events: Any) -> Non
                         progress=(lambda p: events.put(("progress", p))) if rank == 0 else None)
         if rank == 0:
             events.put(("result", runs))
+        # Every rank finishes its collectives before any tears the group down: tearing down early aborted
+        # a rank in gloo ("terminate called without an active exception").
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
@@ -587,6 +590,8 @@ def run_in_torchrun(job: _Job, progress: ProgressCallback | None = None) -> dict
                         progress=progress if rank == 0 else None)
         shared = [runs]
         dist.broadcast_object_list(shared, src=0)
+        if owns_group:
+            dist.barrier()              # as in _ddp_worker: no rank tears the group down while another still uses it
         return shared[0]
     finally:
         if owns_group:
