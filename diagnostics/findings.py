@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -120,7 +121,8 @@ def dead_units(zero_frac: StatMatrix, t: Thresholds, who: str = "") -> list[Find
     if zero_frac.empty:
         return []
     tail = zero_frac.values[:, -min(t.window, zero_frac.values.shape[1]):]
-    with np.errstate(all="ignore"):
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)      # layers with no value at all give NaN, not a warning
         mean = np.nanmean(np.where(np.isfinite(tail), tail, np.nan), axis=1)
     bad = [(zero_frac.layers[i], float(mean[i])) for i in np.flatnonzero(mean > t.dead_fraction)]
     if not bad:
@@ -139,7 +141,8 @@ def update_ratios(update: StatMatrix, t: Thresholds, who: str = "") -> list[Find
     if update.empty or not np.isfinite(update.values).any():
         return []
     tail = update.values[:, -min(t.window, update.values.shape[1]):]
-    with np.errstate(all="ignore"):
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)      # layers without weights have no update ratio
         median = np.nanmedian(np.where(np.isfinite(tail), tail, np.nan), axis=1)
     found = []
     for kind, mask, words in (("update_small", median < t.update_low, "below"),
