@@ -75,7 +75,8 @@ right.plotly_chart(plots.ratio_figure(data.layers), theme="streamlit", key="cmp_
 
 table = summary.rename(columns={"final_loss": "final loss (last 10 steps)", "accuracy": "held-out accuracy",
                                 "ratio_median": "first/last ratio (median)", "ratio_final": "first/last ratio (last)"})
-st.dataframe(table, hide_index=True, width="stretch")
+st.dataframe(table, hide_index=True, width="stretch",
+             column_config={c: st.column_config.NumberColumn(format="%.2e") for c in table.columns if "ratio" in c})
 ratios = first_last_ratio(data.layers)
 st.download_button("Download the first/last ratios (CSV)", ratios.to_csv(index=False), f"{group}-ratios.csv",
                    mime="text/csv", key="cmp_download_ratios")
