@@ -6,7 +6,6 @@ import math
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from .errors import StoreError
 from .store import RunStore
@@ -87,7 +86,3 @@ def _export_tensorboard(store: RunStore, run_id: str, meta: dict, out_dir: Path)
         raise StoreError(f"TensorBoard wrote no event file in {out_dir}")
     return files[-1]
 
-
-def frame_to_csv_bytes(frame: pd.DataFrame) -> bytes:
-    """A frame as UTF-8 CSV bytes (for downloads)."""
-    return frame.to_csv(index=False).encode()

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from .errors import StoreError
@@ -51,6 +52,22 @@ def load_stat_matrix(store: RunStore, run: str, stat: str) -> StatMatrix:
     in a fraction of a second.
     """
     table = store.arrow_table(run, "layers", ["step", "layer", "depth", "type", stat], dictionary=("layer", "type"))
+    return _pivot(table, run, stat)
+
+
+def stat_matrix_from_frame(frame: pd.DataFrame, run: str, stat: str) -> StatMatrix:
+    """Pivot an in-memory per-(step, layer) frame holding ``step``, ``layer``, ``depth``, ``type`` and ``stat``."""
+    if frame.empty or stat not in frame.columns:
+        return _pivot(None, run, stat)
+    table = pa.Table.from_pandas(frame[["step", "layer", "depth", "type", stat]], preserve_index=False)
+    for column in ("layer", "type"):
+        table = table.set_column(table.column_names.index(column), column,
+                                 pc.dictionary_encode(table.column(column).cast(pa.string())))
+    return _pivot(table, run, stat)
+
+
+def _pivot(table: pa.Table | None, run: str, stat: str) -> StatMatrix:
+    """(layer × step) matrix from rows whose ``layer`` and ``type`` columns are dictionary-encoded."""
     if table is None or stat not in table.column_names or table.num_rows == 0:
         return StatMatrix(run, stat, (), (), np.zeros(0, dtype=np.int64), np.zeros((0, 0)))
     table = table.unify_dictionaries().combine_chunks()
@@ -71,21 +88,6 @@ def load_stat_matrix(store: RunStore, run: str, stat: str) -> StatMatrix:
     values = np.full((len(names), len(steps)), np.nan)
     values[rank[codes], np.searchsorted(steps, step)] = table.column(stat).to_numpy(zero_copy_only=False)
     return StatMatrix(run, stat, tuple(names[i] for i in order), tuple(type_of[order]), steps, values)
-
-
-def stat_matrix_from_frame(frame: pd.DataFrame, run: str, stat: str) -> StatMatrix:
-    """Pivot a per-(step, layer) frame holding ``step``, ``layer``, ``depth``, ``type`` and ``stat``."""
-    if frame.empty or stat not in frame.columns:
-        return StatMatrix(run, stat, (), (), np.zeros(0, dtype=np.int64), np.zeros((0, 0)))
-    order = frame.groupby("layer", sort=False)["depth"].min().sort_values(kind="stable")
-    layers = tuple(order.index)
-    types = frame.drop_duplicates("layer").set_index("layer")["type"].reindex(layers).fillna("").tolist() \
-        if "type" in frame.columns else [""] * len(layers)
-    steps, step_idx = np.unique(frame["step"].to_numpy(dtype=np.int64), return_inverse=True)
-    layer_idx = pd.Categorical(frame["layer"], categories=layers).codes
-    values = np.full((len(layers), len(steps)), np.nan)
-    values[layer_idx, step_idx] = frame[stat].to_numpy(dtype=np.float64)
-    return StatMatrix(run, stat, layers, tuple(types), steps, values)
 
 
 @dataclass(frozen=True)

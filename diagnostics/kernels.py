@@ -29,7 +29,8 @@ def channel_order(grad: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.argsort(-sq.sum(axis=1), kind="stable"), np.argsort(-sq.sum(axis=0), kind="stable")
 
 
-def _pages(n: int, per_page: int) -> int:
+def page_count(n: int, per_page: int) -> int:
+    """How many pages of ``per_page`` items hold ``n`` items (at least one)."""
     return max(1, -(-n // max(1, per_page)))
 
 
@@ -47,7 +48,7 @@ def kernel_page(arrays: dict[str, np.ndarray], out_page: int = 0, in_page: int =
     """
     reference = arrays[order_by] if order_by in arrays else next(iter(arrays.values()))
     out_order, in_order = channel_order(reference)
-    out_pages, in_pages = _pages(len(out_order), out_per_page), _pages(len(in_order), in_per_page)
+    out_pages, in_pages = page_count(len(out_order), out_per_page), page_count(len(in_order), in_per_page)
     out_page = min(max(int(out_page), 0), out_pages - 1)
     in_page = min(max(int(in_page), 0), in_pages - 1)
     outs = out_order[out_page * out_per_page:(out_page + 1) * out_per_page]

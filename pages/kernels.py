@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from diagnostics.kernels import kernel_page
+from diagnostics.kernels import kernel_page, page_count
 from diagnostics.plots import kernel_grid_figure
 from ui.common import (kernel_snapshot, kernel_steps, load_runs, pick_runs, require_router, run_signature,
                        show_error, store_root)
@@ -51,8 +51,8 @@ st.latex(r"\frac{\partial L}{\partial W_{k,c,u,v}} = \sum_{n,i,j} X_{n,\,c,\; s 
 
 p1, p2, p3 = st.columns(3)
 per_page = p3.select_slider("Channels per page", [4, 8, 16, 32], value=16, key="kernel_per_page")
-out_pages = -(-grad.shape[0] // per_page)
-in_pages = -(-grad.shape[1] // per_page)
+out_pages = page_count(grad.shape[0], per_page)
+in_pages = page_count(grad.shape[1], per_page)
 out_page = p1.number_input(f"Output-channel page (of {out_pages})", 1, out_pages, 1, key="kernel_out_page") - 1
 in_page = p2.number_input(f"Input-channel page (of {in_pages})", 1, in_pages, 1, key="kernel_in_page") - 1
 page = kernel_page(arrays, out_page, in_page, per_page, per_page)
