@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 from pathlib import Path
 
 import pandas as pd
@@ -18,7 +19,12 @@ from diagnostics.probe import Batch, load_batch_file
 
 @st.cache_resource(show_spinner="Loading the checkpoint safely…", max_entries=8)
 def _load(name: str, key: str, data: bytes | None, path: str | None) -> tuple[dx.Checkpoint, Recognition]:
-    ckpt = load_checkpoint(path if path else data)
+    if path:
+        ckpt = load_checkpoint(path)
+    else:
+        upload = io.BytesIO(data or b"")
+        upload.name = name                              # so every message names the uploaded file
+        ckpt = load_checkpoint(upload)
     ckpt.source = name
     return ckpt, recognise(ckpt)
 
@@ -35,7 +41,7 @@ def load_sources(files: list, path: str) -> list[tuple[dx.Checkpoint, Recognitio
         try:
             loaded.append(_load(name, key, data, file_path))
         except dx.CheckpointError as exc:
-            st.error(f"**{name}** could not be loaded: {exc}")
+            st.error(f"Could not load it: {exc}")         # the message starts with the file's name
         except OSError as exc:
             st.error(f"**{name}** could not be read: {exc}")
     return loaded
