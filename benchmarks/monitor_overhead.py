@@ -22,7 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import diagnostics as dx  # noqa: E402
 
 TARGETS = {"all statistics, every step": 1.20, "all statistics, every step, optimizer=": None,
-           "weight-gradient statistics only": 1.10, "all statistics, every=10": 1.05}
+           "weight-gradient statistics alone": 1.10, "weight gradients and weight norms": None,
+           "all statistics, every=10": 1.05}
 
 
 def make(seed: int = 0):
@@ -75,6 +76,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=7)
     parser.add_argument("--block", type=int, default=10)
+    parser.add_argument("--only", default="", help="run only the configurations whose name contains this text")
     args = parser.parse_args()
     baseline = make(seed=1)[:2]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, resnet18, batch 16, 3x64x64, SGD")
@@ -83,8 +85,11 @@ if __name__ == "__main__":
         configs = {
             "all statistics, every step": {},
             "all statistics, every step, optimizer=": {"with_optimizer": True},
-            "weight-gradient statistics only": {"activations": False},
+            "weight-gradient statistics alone": {"activations": False, "weight_norms": False},
+            "weight gradients and weight norms": {"activations": False},
             "all statistics, every=10": {"every": 10},
         }
         for name, options in configs.items():
+            if args.only not in name:
+                continue
             measure(name, options, args.pairs, args.block, store, baseline)

@@ -56,6 +56,7 @@ class _StepBuffer:
     acts: dict[str, list[_Call]] = field(default_factory=lambda: defaultdict(list))
     grads: dict[str, list[_Call]] = field(default_factory=lambda: defaultdict(list))
     act_grad_hist: dict[str, torch.Tensor] = field(default_factory=dict)
+    ran: set[str] = field(default_factory=set)        # layers that ran (tracked when activations are off)
     forward_seq: int = 0
     backward_seq: int = 0
 
@@ -243,6 +244,9 @@ class GradientMonitor:
         flush_every: Write the store every this many recorded steps (and at least every 2 s).
         activations: Also record activation and activation-gradient statistics (the forward hooks). With
             ``False`` only weight statistics are taken (the layer order is still tracked).
+        weight_norms: Also record ‖W‖ of every parameter (``weight_norm``). It costs one more read of all
+            the weights per recorded step, about a third of the weight-only cost; with ``False`` the
+            ``weight_norm`` column is NaN. An ``optimizer`` needs ‖W‖ for ``update_ratio``, so it keeps them on.
         distributed: Under DistributedDataParallel, ``True`` (the default process group) or a process group:
             activation statistics of all ranks are combined once per step, outside the hooks, so that they
             equal one process on the global batch (weight gradients are read after DDP's all-reduce anyway).
@@ -257,7 +261,8 @@ class GradientMonitor:
                  histogram_every: int = 0, on_nonfinite: str = "warn",
                  kernels: Sequence[str] | str | None = None, kernel_every: int = 50,
                  kernel_max_mb: float = 256.0, meta: Mapping[str, Any] | None = None,
-                 flush_every: int = 10, activations: bool = True, distributed: bool | Any = False) -> None:
+                 flush_every: int = 10, activations: bool = True, weight_norms: bool = True,
+                 distributed: bool | Any = False) -> None:
         if not isinstance(model, nn.Module):
             raise MonitorError(f"GradientMonitor needs an nn.Module, got {type(model).__name__}")
         if every < 1:
@@ -281,6 +286,7 @@ class GradientMonitor:
         self._extra_meta = dict(meta or {})
         self._flush_every = flush_every
         self.activations = bool(activations)
+        self.weight_norms = bool(weight_norms) or optimizer is not None
         self.distributed = distributed is not False
         self._group = None if distributed is True or distributed is False else distributed
         self.run_id: str | None = None
@@ -371,6 +377,8 @@ class GradientMonitor:
                 "parameters": int(n_params),
                 "layers": len(self._layer_names),
                 "every": self.every,
+                "activations": self.activations,
+                "weight_norms": self.weight_norms,
                 "histogram_every": self.histogram_every,
                 "hist_edges": stats.HIST_EDGES.tolist(),
                 "torch": torch.__version__,
@@ -415,9 +423,10 @@ class GradientMonitor:
                 return
             if name not in self._depth:
                 self._depth[name] = len(self._depth)
-            if not self.activations:
-                return
             buf = self._buffer
+            if not self.activations:
+                buf.ran.add(name)
+                return
             for out in tensors:
                 buf.forward_seq += 1
                 call = self._reduce_activation(out.detach(), buf.forward_seq, self._scratch)
@@ -540,14 +549,14 @@ class GradientMonitor:
         with torch.no_grad():
             for name, p, layer, attr in self._params:
                 g = p.grad
-                if g is None:
-                    if attr == "weight" and layer in self._depth:
+                if g is None:                                     # frozen: only the weight norm of a layer
+                    if self.weight_norms and attr == "weight" and layer in self._depth:
                         param_off[name] = (-1, -1, transfer.add(stats.squared_norm(p.detach())), p.numel())
                     continue
+                w_off = transfer.add(stats.squared_norm(p.detach())) if self.weight_norms else -1
                 sums = stats.gradient_sums(g, self._scratch.like(g))
                 # Non-finite elements are counted after the transfer, only where the sums show some.
-                param_off[name] = (transfer.add(sums), -1, transfer.add(stats.squared_norm(p.detach())),
-                                   p.numel())
+                param_off[name] = (transfer.add(sums), -1, w_off, p.numel())
                 if histogram and attr == "weight":
                     weight_hist_off[layer] = transfer.add(stats.log10_histogram(g))
         loss_off = transfer.add(loss.detach().float().reshape(1)) if isinstance(loss, torch.Tensor) else None
@@ -588,7 +597,7 @@ class GradientMonitor:
             if name not in param_off:
                 continue
             g_off, nf_off, w_off, numel = param_off[name]
-            weight_norm = stats.l2_norm(host[w_off])
+            weight_norm = stats.l2_norm(host[w_off]) if w_off >= 0 else math.nan
             if g_off < 0:
                 per_param[name] = {"norm": weight_norm}
                 continue
@@ -606,8 +615,8 @@ class GradientMonitor:
 
         layer_rows: dict[str, list[Any]] = defaultdict(list)
         ran = set(act_off) | set(grad_off)
-        if not self.activations:
-            ran |= {layer for _, _, layer, _ in self._params if layer in self._depth}
+        if not self.activations:                         # every layer that ran, with NaN activation columns
+            ran |= buf.ran
         names = sorted(ran, key=lambda n: self._depth.get(n, 1 << 30))
         first_forward = min(((c.seq, n) for n, calls in act_off.items() for c, _, o in calls if host[o] > 0),
                             default=(None, None))[1]

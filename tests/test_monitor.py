@@ -485,6 +485,50 @@ def test_update_ratio_is_the_size_of_the_optimizer_step(store):
     assert no_opt.frame()["update_ratio"].isna().all()
 
 
+WEIGHT_GRAD_COLUMNS = ["weight_grad_norm", "weight_grad_mean_abs", "weight_grad_max_abs", "bias_grad_norm"]
+ACTIVATION_COLUMNS = ["act_grad_norm", "act_grad_mean_abs", "act_grad_max_abs", "act_mean", "act_std",
+                      "act_zero_frac"]
+
+
+def run_twice(options):
+    """The same two steps recorded by a full monitor and by one with ``options``: (full frame, reduced frame)."""
+    frames = []
+    for opts in ({}, options):
+        torch.manual_seed(5)
+        model = small_cnn()
+        with dx.GradientMonitor(model, **opts) as mon:
+            train(model, mon, steps=2)
+        frames.append(mon.frame().set_index(["step", "layer"]).sort_index())
+    return frames
+
+
+def test_weight_statistics_alone_skip_the_activation_hooks_and_keep_the_rest():
+    full, reduced = run_twice({"activations": False})
+    assert list(reduced.index) == list(full.index)             # same layers, same depth order
+    assert (reduced["depth"] == full["depth"]).all()
+    np.testing.assert_allclose(reduced[WEIGHT_GRAD_COLUMNS + ["weight_norm"]].to_numpy(),
+                               full[WEIGHT_GRAD_COLUMNS + ["weight_norm"]].to_numpy(), rtol=1e-6)
+    assert reduced[ACTIVATION_COLUMNS].isna().all().all()
+    assert full[["act_grad_norm", "act_mean"]].notna().all().all()
+
+
+def test_weight_norms_can_be_left_out():
+    full, reduced = run_twice({"weight_norms": False})
+    assert reduced["weight_norm"].isna().all() and full["weight_norm"].notna().any()
+    kept = WEIGHT_GRAD_COLUMNS + ACTIVATION_COLUMNS
+    np.testing.assert_allclose(reduced[kept].to_numpy(), full[kept].to_numpy(), rtol=1e-6)
+
+
+def test_an_optimizer_keeps_weight_norms_for_the_update_ratio(store):
+    model = small_cnn()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    with dx.GradientMonitor(model, store=store, optimizer=opt, weight_norms=False) as mon:
+        train(model, mon, steps=2, opt=opt)
+    frame = store.frame(mon.run_id, layers=["0"])
+    assert frame["weight_norm"].notna().all() and frame["update_ratio"].notna().all()
+    assert store.meta(mon.run_id)["weight_norms"] is True
+
+
 @pytest.mark.parametrize("unscale_first", [False, True], ids=["scaled-grads", "after-unscale_"])
 def test_amp_gradients_are_reported_unscaled(unscale_first):
     torch.manual_seed(3)

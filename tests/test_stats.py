@@ -42,6 +42,29 @@ def test_nonfinite_count(values, expected):
     assert stats.nonfinite_count(x, stats.gradient_sums(x)) == expected
 
 
+@pytest.mark.parametrize("length", [stats.CPU_PIECE - 1, stats.CPU_PIECE, stats.CPU_PIECE + 1,
+                                    3 * stats.CPU_PIECE + 5], ids=["below-a-piece", "one-piece", "one-more",
+                                                                     "pieces-and-a-tail"])
+def test_gradient_sums_by_pieces_equal_float64(length):
+    torch.manual_seed(0)
+    g = torch.randn(length) * torch.logspace(-3, 1, length)
+    g[-1] = -50.0                                             # the largest |g| sits in the tail piece
+    ref = g.double()
+    got = stats.gradient_sums(g, torch.empty(10)).double()     # a scratch too small is not used
+    torch.testing.assert_close(got, torch.stack((ref.abs().sum(), (ref * ref).sum(), ref.abs().max())),
+                               rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("bad, where", [(float("nan"), 2), (float("inf"), 1), (float("-inf"), 0)],
+                         ids=["nan-in-last-piece", "inf-in-middle-piece", "minus-inf-in-first-piece"])
+def test_gradient_sums_by_pieces_show_nonfinite_values(bad, where):
+    g = torch.ones(2 * stats.CPU_PIECE + 3)
+    g[where * stats.CPU_PIECE] = bad
+    sums = stats.gradient_sums(g)
+    assert not math.isfinite(sums[1].item()) and not math.isfinite(sums[2].item())
+    assert stats.nonfinite_count(g, sums) == 1
+
+
 def test_long_tensors_are_summed_accurately():
     x = torch.rand(12 * (1 << 20) + 17, dtype=torch.float32)
     exact = float((x.double() ** 2).sum())
