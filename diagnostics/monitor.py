@@ -323,6 +323,7 @@ class GradientMonitor:
         self._param_by_name = {q: p for q, p, _, _ in self._params}
         self._handles: list[Any] = []
         self._scratch = _Scratch()
+        self._segments: dict[tuple[tuple[int, ...], torch.device], torch.Tensor] = {}
         self._enabled = False
         self._step = 0
         self._recording = True
@@ -499,6 +500,15 @@ class GradientMonitor:
         self._copied = set()
         self._open["awaiting_update"] = False
 
+    def _segment_ids(self, sizes: tuple[int, ...], device: torch.device) -> torch.Tensor:
+        key = (sizes, device)
+        ids = self._segments.get(key)
+        if ids is None:
+            if len(self._segments) > 8:                   # the parameters with gradients changed shape again
+                self._segments.clear()
+            ids = self._segments[key] = stats.segment_ids(sizes, device)
+        return ids
+
     def _param_of(self, layer: str, attr: str) -> torch.Tensor:
         return self._param_by_name[self._own[layer][attr]]
 
@@ -546,19 +556,30 @@ class GradientMonitor:
         # Parameter gradients, read from p.grad after backward (and after unscale_/accumulation).
         param_off: dict[str, tuple[int, int, int, int]] = {}
         weight_hist_off: dict[str, int] = {}
+        # Non-finite elements are counted after the transfer, only where the sums show some.
         with torch.no_grad():
+            small: dict[torch.device, list[tuple[str, torch.Tensor, torch.Tensor]]] = defaultdict(list)
             for name, p, layer, attr in self._params:
                 g = p.grad
                 if g is None:                                     # frozen: only the weight norm of a layer
                     if self.weight_norms and attr == "weight" and layer in self._depth:
                         param_off[name] = (-1, -1, transfer.add(stats.squared_norm(p.detach())), p.numel())
                     continue
-                w_off = transfer.add(stats.squared_norm(p.detach())) if self.weight_norms else -1
-                sums = stats.gradient_sums(g, self._scratch.like(g))
-                # Non-finite elements are counted after the transfer, only where the sums show some.
-                param_off[name] = (transfer.add(sums), -1, w_off, p.numel())
                 if histogram and attr == "weight":
                     weight_hist_off[layer] = transfer.add(stats.log10_histogram(g))
+                if 0 < g.numel() <= stats.BATCH_NUMEL and g.dtype in (torch.float32, torch.float64):
+                    small[g.device].append((name, g, p.detach()))  # reduced below, all at once
+                    continue
+                w_off = transfer.add(stats.squared_norm(p.detach())) if self.weight_norms else -1
+                sums = stats.gradient_sums(g, self._scratch.like(g))
+                param_off[name] = (transfer.add(sums), -1, w_off, p.numel())
+            for device, items in small.items():
+                ids = self._segment_ids(tuple(g.numel() for _, g, _ in items), device)
+                g_off = transfer.add(stats.gradient_sums_batched([g for _, g, _ in items], ids))  # (k, 3)
+                w_off = transfer.add(stats.squared_norms_batched([w for _, _, w in items], ids)) \
+                    if self.weight_norms else -1
+                for i, (name, g, _) in enumerate(items):
+                    param_off[name] = (g_off + 3 * i, -1, w_off + i if w_off >= 0 else -1, g.numel())
         loss_off = transfer.add(loss.detach().float().reshape(1)) if isinstance(loss, torch.Tensor) else None
         metric_off = {k: transfer.add(v.detach().float().reshape(1)) for k, v in metrics.items()
                       if isinstance(v, torch.Tensor) and v.numel() == 1}

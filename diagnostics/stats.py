@@ -12,6 +12,7 @@ Everything that names a statistic lives here, once: :data:`LAYER_COLUMNS`, :data
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -176,6 +177,47 @@ def squared_norm(x: torch.Tensor) -> torch.Tensor:
     """Σx² of a tensor on its device, as a 0-dim float tensor (a dot product: fast and accurate on CPU)."""
     flat = _as_float(x)                                   # (n,)
     return _dot(flat, flat)
+
+
+#: Float tensors up to this many elements are reduced together, as segments of one concatenated vector: a
+#: network's many small parameters (biases, norm scales) would otherwise cost several tensor operations each.
+BATCH_NUMEL = 1 << 15
+
+
+def segment_ids(sizes: Sequence[int], device: torch.device | str = "cpu") -> torch.Tensor:
+    """For tensors of ``sizes`` concatenated flat, the index of the tensor each element came from.
+
+    Returns:
+        An int64 tensor of shape (sum(sizes),), e.g. ``[0, 0, 1, 2, 2, 2]`` for sizes ``[2, 1, 3]``.
+    """
+    return torch.repeat_interleave(torch.arange(len(sizes), device=device),
+                                   torch.tensor(list(sizes), device=device))
+
+
+def gradient_sums_batched(tensors: Sequence[torch.Tensor], ids: torch.Tensor) -> torch.Tensor:
+    """:func:`gradient_sums` of several tensors on one device at once, accumulated in float64.
+
+    Args:
+        tensors: k floating tensors of any shapes, all on ``ids``' device.
+        ids: :func:`segment_ids` of their sizes.
+
+    Returns:
+        A float64 tensor of shape (k, 3): ``[Σ|g|, Σg², max|g|]`` per tensor (NaN/Inf propagate as in
+        :func:`gradient_sums`).
+    """
+    k = len(tensors)
+    mag = torch.cat([t.reshape(-1) for t in tensors]).abs().double()      # (n,)
+    out = torch.zeros((3, k), dtype=torch.float64, device=mag.device)    # (3, k)
+    out[0].index_add_(0, ids, mag)
+    out[1].index_add_(0, ids, mag * mag)
+    out[2].scatter_reduce_(0, ids, mag, "amax")                           # |g| >= 0: the zero start is harmless
+    return out.T                                                          # (k, 3)
+
+
+def squared_norms_batched(tensors: Sequence[torch.Tensor], ids: torch.Tensor) -> torch.Tensor:
+    """:func:`squared_norm` of several tensors on one device at once: a float64 tensor of shape (k,)."""
+    flat = torch.cat([t.reshape(-1) for t in tensors]).double()          # (n,)
+    return torch.zeros(len(tensors), dtype=torch.float64, device=flat.device).index_add_(0, ids, flat * flat)
 
 
 def nonfinite_count(x: torch.Tensor, sums: torch.Tensor) -> torch.Tensor | int:

@@ -26,6 +26,7 @@ import re
 import secrets
 import shutil
 import socket
+import threading
 import time
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
@@ -233,6 +234,8 @@ class RunWriter:
         self._last_flush = time.monotonic()
         self._closed = False
         self._broken = False
+        self._loose = 0                                   # chunks written since the last compaction started
+        self._compactor: threading.Thread | None = None
         for table in TABLES:
             (run_dir / table).mkdir(parents=True, exist_ok=True)
         self._write_meta()
@@ -266,7 +269,9 @@ class RunWriter:
                 self._seq[table] += 1
                 _write_table_atomic(self.run_dir / table / f"chunk-{self._seq[table]:08d}.parquet", data)
                 buffer.clear()
-                self._maybe_compact(table)
+            self._loose += 1
+            if self._loose >= _LOOSE_CHUNKS_BEFORE_COMPACTION:
+                self._compact_in_background()
             self._pending_steps = 0
             self._last_flush = time.monotonic()
             self._write_meta()
@@ -306,6 +311,7 @@ class RunWriter:
         if self._closed:
             return
         self.flush()
+        self._wait_for_compaction()
         self._closed = True
         if self._broken:
             return
@@ -323,6 +329,32 @@ class RunWriter:
     def _write_meta(self) -> None:
         self.meta["updated"] = time.time()
         _write_json_atomic(self.run_dir / "meta.json", self.meta)
+
+    def _compact_in_background(self) -> None:
+        """Merge the loose chunks in a background thread, so that training does not wait for it.
+
+        Arrow reads and writes Parquet with the GIL released. The chunks stay valid until their merged file is
+        in place, so a failed or unfinished merge loses nothing (:meth:`close` merges everything again). One
+        merge at a time: while one runs, the next flush starts none.
+        """
+        if self._compactor is not None and self._compactor.is_alive():
+            return
+        self._loose = 0
+        self._compactor = threading.Thread(target=self._compact_tables, name=f"compact-{self.run_id}",
+                                           daemon=True)
+        self._compactor.start()
+
+    def _compact_tables(self) -> None:
+        try:
+            for table in TABLES:
+                self._maybe_compact(table)
+        except (OSError, pa.ArrowException):
+            pass                                          # the chunks are intact; close() compacts again
+
+    def _wait_for_compaction(self) -> None:
+        if self._compactor is not None:
+            self._compactor.join()
+            self._compactor = None
 
     def _maybe_compact(self, table: str) -> None:
         files = _live_files(self.run_dir / table)

@@ -94,3 +94,25 @@ def test_every_statistic_has_a_label():
     numeric = [c for c in stats.LAYER_COLUMNS if c not in ("run", "step", "layer", "type", "depth", "calls")
                and not c.endswith("_nonfinite")]
     assert set(numeric) <= set(stats.STAT_LABELS)
+
+
+def test_segment_ids_by_hand():
+    assert stats.segment_ids([2, 1, 3]).tolist() == [0, 0, 1, 2, 2, 2]
+
+
+def test_batched_sums_equal_one_tensor_at_a_time():
+    torch.manual_seed(2)
+    tensors = [torch.randn(4, 3), torch.tensor([-7.0]), torch.zeros(5), torch.randn(2, 2, 2) * 1e-3]
+    ids = stats.segment_ids([t.numel() for t in tensors])
+    got = stats.gradient_sums_batched(tensors, ids)
+    want = torch.stack([stats.gradient_sums(t.double()) for t in tensors])
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(stats.squared_norms_batched(tensors, ids),
+                               torch.stack([stats.squared_norm(t.double()) for t in tensors]))
+
+
+def test_batched_sums_show_nonfinite_values_in_their_own_row_only():
+    tensors = [torch.ones(3), torch.tensor([1.0, float("nan")]), torch.tensor([float("-inf"), 2.0])]
+    got = stats.gradient_sums_batched(tensors, stats.segment_ids([3, 2, 2]))
+    assert got[0].tolist() == [3.0, 3.0, 1.0]
+    assert torch.isnan(got[1]).all() and torch.isinf(got[2]).all()

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -119,6 +120,23 @@ def test_many_steps_end_as_a_handful_of_files(store):
         assert len(list((store.root / run / table).iterdir())) == 1
     frame = store.frame(run)
     assert len(frame) == 400 * 3 and not frame.duplicated(["step", "layer"]).any()
+
+
+def test_compaction_while_training_runs_off_the_training_thread(store, monkeypatch):
+    threads = []
+    real = dx.store.RunWriter._maybe_compact
+
+    def spy(self, table):
+        threads.append(threading.current_thread() is threading.main_thread())
+        real(self, table)
+
+    monkeypatch.setattr(dx.store.RunWriter, "_maybe_compact", spy)
+    run = record(store, steps=100, flush_every=1)
+    assert threads and not any(threads)              # every merge during the run happened in the background
+    frame = store.frame(run)
+    assert sorted(frame["step"].unique()) == list(range(100)) and len(frame) == 300
+    for table in ("layers", "steps", "params"):
+        assert len(_live_files(store.root / run / table)) == 1
 
 
 def test_a_reader_never_sees_a_row_twice_while_compaction_is_half_done(store):
