@@ -3,7 +3,10 @@
 Each configuration is timed in alternation with the un-monitored baseline: one block of steps with the monitor,
 one without, repeated; the printed ratio is the median of the per-pair ratios, with the spread (min-max).
 
-Run: .venv/bin/python benchmarks/monitor_overhead.py [--pairs 7] [--block 10]
+Configurations: all statistics (every step, with ``optimizer=``, ``every=10``); the weight-gradient statistics
+alone (``activations=False, weight_norms=False``); weight gradients and weight norms (``activations=False``).
+
+Run: .venv/bin/python benchmarks/monitor_overhead.py [--pairs 7] [--block 10] [--only "weight"]
 """
 
 from __future__ import annotations
