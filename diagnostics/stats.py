@@ -12,7 +12,7 @@ Everything that names a statistic lives here, once: :data:`LAYER_COLUMNS`, :data
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -82,10 +82,10 @@ def _as_float(x: torch.Tensor) -> torch.Tensor:
 _CHUNK = 1 << 20
 
 #: On CPU, gradients longer than this are reduced piece by piece: |g| of one piece (1 MB of float32, half per
-#: core) stays in the cores' L2 caches while the three sums read it back, so a large weight gradient (read after the whole
-#: backward pass, long out of cache) comes from memory once instead of once per sum. Activations and output
-#: gradients are reduced right after they were computed, still in cache, where pieces only add overhead
-#: (measured with benchmarks/monitor_overhead.py).
+#: core) stays in the cores' L2 caches while the three sums read it back, so a large weight gradient (read after
+#: the whole backward pass, long out of cache) comes from memory once instead of once per sum. Activations and
+#: output gradients are reduced right after they were computed, where pieces measured no faster
+#: (benchmarks/monitor_overhead.py).
 CPU_PIECE = 1 << 18
 
 
@@ -105,7 +105,8 @@ def _workspace(scratch: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor
     return scratch[: like.numel()]
 
 
-def _by_pieces(flat: torch.Tensor, scratch: torch.Tensor | None, reduce_piece) -> torch.Tensor:
+def _by_pieces(flat: torch.Tensor, scratch: torch.Tensor | None,
+               reduce_piece: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None]) -> torch.Tensor:
     """Apply ``reduce_piece(piece, workspace, out_row)`` to every CPU_PIECE-long piece of ``flat`` (1-D, CPU).
 
     Returns the (pieces, 3) partial results; ``scratch`` (at least one piece long) is reused for every piece.
