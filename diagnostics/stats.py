@@ -163,15 +163,12 @@ def gradient_sums(g: torch.Tensor, scratch: torch.Tensor | None = None) -> torch
     flat = _as_float(g)                                   # (n,)
     if flat.numel() == 0:
         return torch.zeros(3, dtype=flat.dtype, device=flat.device)
-    if flat.device.type != "cpu":
-        mag = torch.abs(flat, out=_workspace(scratch, flat))  # (n,)
-        return torch.stack((mag.sum(), _dot(mag, mag), mag.amax()))
-    if flat.numel() > CPU_PIECE:
+    if flat.device.type == "cpu" and flat.numel() > CPU_PIECE:
         parts = _by_pieces(flat, scratch, _gradient_piece)            # (pieces, 3)
         sums = parts[:, :2].sum(dim=0, dtype=torch.float64).to(flat.dtype)
         return torch.cat((sums, parts[:, 2].amax().reshape(1)))
     mag = torch.abs(flat, out=_workspace(scratch, flat))  # (n,)
-    return torch.stack((mag.sum(), torch.dot(mag, mag), mag.amax()))
+    return torch.stack((mag.sum(), _dot(mag, mag), mag.amax()))
 
 
 def squared_norm(x: torch.Tensor) -> torch.Tensor:
