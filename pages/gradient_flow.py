@@ -43,6 +43,10 @@ def body() -> None:
         return
     if running:
         st.caption("A selected run is still being written: this section refreshes every 3 s.")
+    missing = [names[r] for r in chosen if not layers_with_values(loader.stat_matrix(r, stat))]
+    if missing:
+        st.info(f"No {label(stat)} in {', '.join(missing)}: not recorded (e.g. the monitor ran with "
+                "`activations=False` or `weight_norms=False`). Choose another statistic.")
     steps = first.steps
     c1, c2 = st.columns([3, 1])
     if len(steps) > 1:

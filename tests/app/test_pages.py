@@ -54,6 +54,24 @@ def test_gradient_flow_page_with_a_one_step_run_explains_itself(recorded):
     assert not at.exception
 
 
+def test_gradient_flow_page_says_when_a_run_did_not_record_the_statistic(tmp_path):
+    import torch
+    from torch import nn
+
+    store = dx.RunStore(tmp_path / "runs")
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    with dx.GradientMonitor(model, store=store, run_name="weights-only", activations=False) as mon:
+        for _ in range(3):
+            model(torch.randn(3, 4)).pow(2).mean().backward()
+            mon.step()
+            model.zero_grad()
+    at = open_page(store.root, "pages/gradient_flow.py", selected=[mon.run_id])
+    assert not any("not recorded" in i.value for i in at.info)      # weight-gradient norm is there
+    at.selectbox(key="flow_stat").set_value("act_mean").run()
+    assert any("not recorded" in i.value and "activations=False" in i.value for i in at.info)
+    assert not at.exception
+
+
 def test_gradient_flow_thresholds_change_the_findings(recorded):
     store, runs = recorded
     at = open_page(store.root, "pages/gradient_flow.py", selected=[runs["plain"]])
