@@ -31,7 +31,7 @@ import pyarrow as pa
 import torch
 from torch import nn
 
-from . import stats
+from . import native, stats
 from .errors import MonitorError, NonFiniteGradientError
 from .store import ColumnBuffer, RunStore, RunWriter
 
@@ -44,14 +44,20 @@ class _Call:
     """The reductions of one tensor from one call of a layer (device tensors until the step's transfer)."""
 
     numel: int
-    sums: torch.Tensor                 # (3,) see stats.activation_sums / stats.gradient_sums
-    nonfinite: torch.Tensor | int
+    #: (3,) device tensor (see stats.activation_sums / stats.gradient_sums); or, from the fused CPU kernels,
+    #: a (4,) float64 host row whose last value is the NaN/Inf count (``nonfinite`` is then None).
+    sums: torch.Tensor | np.ndarray
+    nonfinite: torch.Tensor | int | None
     seq: int                           # order of the call within the step's forward or backward pass
+
+
+#: dtype -> (activation kernel, gradient kernel) of diagnostics.native, for the fused path of the hooks.
+_Kernels = dict[torch.dtype, tuple[Callable[[int, int, int], None], Callable[[int, int, int], None]]]
 
 
 @dataclass
 class _StepBuffer:
-    """Everything gathered between two ``step()`` calls, still on the device."""
+    """Everything gathered between two ``step()`` calls, still on the device (or in ``arena`` on the host)."""
 
     acts: dict[str, list[_Call]] = field(default_factory=lambda: defaultdict(list))
     grads: dict[str, list[_Call]] = field(default_factory=lambda: defaultdict(list))
@@ -59,6 +65,34 @@ class _StepBuffer:
     ran: set[str] = field(default_factory=set)        # layers that ran (tracked when activations are off)
     forward_seq: int = 0
     backward_seq: int = 0
+    kernels: _Kernels | None = None                   # the fused CPU kernels, when they can be used
+    arena: np.ndarray | None = None                   # (capacity, 4) float64 rows they write into
+    base: int = 0                                     # address of arena
+    used: int = 0                                     # rows of arena taken
+
+    @classmethod
+    def create(cls, kernels: _Kernels | None, capacity: int) -> _StepBuffer:
+        if kernels is None:
+            return cls()
+        arena = np.empty((capacity, 4), dtype=np.float64)
+        return cls(kernels=kernels, arena=arena, base=arena.ctypes.data)
+
+    def fused(self, x: torch.Tensor, seq: int, kind: int) -> _Call | None:
+        """Reduce a contiguous CPU tensor in one pass into the next arena row (kind 0: activation, 1: gradient).
+
+        None where the fused path cannot take ``x`` (other device or dtype, strided, arena full): the caller
+        then uses the PyTorch reductions. Kept to a few attribute reads: it runs for every hooked tensor.
+        """
+        k = self.used
+        if self.kernels is None or k >= len(self.arena) or not x.is_cpu or not x.is_contiguous() or x.is_neg():
+            return None
+        fns = self.kernels.get(x.dtype)
+        if fns is None:
+            return None
+        n = x.numel()
+        fns[kind](x.data_ptr(), n, self.base + 32 * k)      # row k = [4 float64]
+        self.used = k + 1
+        return _Call(n, self.arena[k], None, seq)
 
 
 class _Transfer:
@@ -72,12 +106,16 @@ class _Transfer:
         self._parts: list[torch.Tensor] = []
         self._starts: list[int] = []
         self._host: dict[int, float] = {}
+        self._arrays: list[tuple[int, np.ndarray]] = []
         self._size = 0
 
-    def add(self, value: torch.Tensor | int | float) -> int:
-        """Queue a number, a 0-dim or a 1-D tensor; returns its offset in the fetched array."""
+    def add(self, value: torch.Tensor | np.ndarray | int | float) -> int:
+        """Queue a number, a 0-dim or a 1-D tensor, or a host array; returns its offset in the fetched array."""
         offset = self._size
-        if isinstance(value, torch.Tensor):
+        if isinstance(value, np.ndarray):
+            self._arrays.append((offset, value.reshape(-1)))
+            self._size += value.size
+        elif isinstance(value, torch.Tensor):
             flat = value.detach().reshape(-1)
             self._parts.append(flat)
             self._starts.append(offset)
@@ -92,6 +130,8 @@ class _Transfer:
         out = np.empty(self._size, dtype=np.float64)
         for offset, value in self._host.items():
             out[offset] = value
+        for offset, array in self._arrays:
+            out[offset:offset + array.size] = array
         groups: dict[tuple[torch.device, torch.dtype], list[int]] = defaultdict(list)
         for i, part in enumerate(self._parts):
             groups[(part.device, part.dtype)].append(i)
@@ -134,6 +174,10 @@ def _all_reduce_step(buf: _StepBuffer, group: Any = None) -> None:
     import torch.distributed as dist
 
     world = dist.get_world_size(group)
+    for calls in (*buf.acts.values(), *buf.grads.values()):   # host rows of the fused kernels -> tensors
+        for i, c in enumerate(calls):
+            if c.nonfinite is None:
+                calls[i] = replace(c, sums=torch.from_numpy(np.array(c.sums[:3])), nonfinite=int(c.sums[3]))
     acts = [(name, i, call) for name in sorted(buf.acts) for i, call in enumerate(buf.acts[name])]
     grads = [(name, i, call) for name in sorted(buf.grads) for i, call in enumerate(buf.grads[name])]
     calls = [c for _, _, c in acts + grads]
@@ -185,6 +229,13 @@ def _floating_tensors(output: Any) -> list[torch.Tensor]:
     if isinstance(output, Mapping):
         return [t for item in output.values() for t in _floating_tensors(item)]
     return []
+
+
+def _fused_kernels() -> _Kernels | None:
+    """The fused CPU kernels per dtype (built on first use), or None when diagnostics.native is unavailable."""
+    found = {dtype: native.reducers(dtype) for dtype in (torch.float32, torch.float64)}
+    kernels = {dtype: fns for dtype, fns in found.items() if fns is not None}
+    return kernels or None
 
 
 def _scalar(value: Any) -> float:
@@ -327,6 +378,8 @@ class GradientMonitor:
         self._enabled = False
         self._step = 0
         self._recording = True
+        self._fused: _Kernels | None = None           # set on attach, when diagnostics.native can be used
+        self._arena_rows = max(256, 4 * len(self._layer_names))
         self._buffer = _StepBuffer()
         self._depth: dict[str, int] = {}
         self._writer: RunWriter | None = None
@@ -369,6 +422,8 @@ class GradientMonitor:
             self._remove_hooks()
             raise
         _ATTACHED.update(self.model.modules())
+        self._fused = _fused_kernels()
+        self._buffer = self._new_buffer()
         self._enabled = True
         self._t0 = time.perf_counter()
         if self.store is not None:
@@ -414,6 +469,9 @@ class GradientMonitor:
         for handle in handles:
             handle.remove()
 
+    def _new_buffer(self) -> _StepBuffer:
+        return _StepBuffer.create(self._fused, self._arena_rows)
+
     # -- hooks ---------------------------------------------------------------------------------------------
     def _make_forward_hook(self, name: str) -> Callable[..., None]:
         def hook(module: nn.Module, inputs: Any, output: Any) -> None:
@@ -430,7 +488,8 @@ class GradientMonitor:
                 return
             for out in tensors:
                 buf.forward_seq += 1
-                call = self._reduce_activation(out.detach(), buf.forward_seq, self._scratch)
+                call = buf.fused(out, buf.forward_seq, 0) \
+                    or self._reduce_activation(out.detach(), buf.forward_seq, self._scratch)
                 if out.requires_grad:
                     committed = module.training
                     if committed:
@@ -446,13 +505,16 @@ class GradientMonitor:
                 return
             buf = self._buffer
             buf.backward_seq += 1
-            g = grad.detach()
-            sums = stats.gradient_sums(g, self._scratch.like(g))
-            buf.grads[name].append(_Call(g.numel(), sums, stats.nonfinite_count(g, sums), buf.backward_seq))
+            call = buf.fused(grad, buf.backward_seq, 1)
+            if call is None:
+                g = grad.detach()
+                sums = stats.gradient_sums(g, self._scratch.like(g))
+                call = _Call(g.numel(), sums, stats.nonfinite_count(g, sums), buf.backward_seq)
+            buf.grads[name].append(call)
             if pending is not None:
                 buf.acts[name].append(pending)
             if self._histogram_step(self._step):
-                h = stats.log10_histogram(g)
+                h = stats.log10_histogram(grad.detach())
                 prev = buf.act_grad_hist.get(name)
                 buf.act_grad_hist[name] = h if prev is None else prev + h
         return hook
@@ -524,7 +586,10 @@ class GradientMonitor:
             raise MonitorError("step() was called outside the monitor's `with` block (or after detach())")
         self._commit_open()
         step = self._step
-        buf, self._buffer = self._buffer, _StepBuffer()
+        buf = self._buffer
+        if buf.arena is not None and buf.used >= len(buf.arena):    # it overflowed: give the next step twice
+            self._arena_rows = 2 * len(buf.arena)
+        self._buffer = self._new_buffer()
         self._step += 1
         recorded = self._recording
         self._recording = self._step % self.every == 0
@@ -547,10 +612,14 @@ class GradientMonitor:
         histogram = self._histogram_step(step)
 
         # Layer activations and output gradients (already reduced in the hooks).
-        act_off = {n: [(c, transfer.add(c.sums), transfer.add(c.nonfinite)) for c in calls]
-                   for n, calls in buf.acts.items()}
-        grad_off = {n: [(c, transfer.add(c.sums), transfer.add(c.nonfinite)) for c in calls]
-                    for n, calls in buf.grads.items()}
+        def queue(c: _Call) -> tuple[_Call, int, int]:
+            if c.nonfinite is None:                           # a host row of the fused kernels: 4 numbers
+                offset = transfer.add(c.sums)
+                return c, offset, offset + 3
+            return c, transfer.add(c.sums), transfer.add(c.nonfinite)
+
+        act_off = {n: [queue(c) for c in calls] for n, calls in buf.acts.items()}
+        grad_off = {n: [queue(c) for c in calls] for n, calls in buf.grads.items()}
         hist_off = {n: transfer.add(h) for n, h in buf.act_grad_hist.items()}
 
         # Parameter gradients, read from p.grad after backward (and after unscale_/accumulation).
@@ -559,6 +628,8 @@ class GradientMonitor:
         # Non-finite elements are counted after the transfer, only where the sums show some.
         with torch.no_grad():
             small: dict[torch.device, list[tuple[str, torch.Tensor, torch.Tensor]]] = defaultdict(list)
+            fused: dict[torch.dtype, list[tuple[str, torch.Tensor, torch.Tensor]]] = defaultdict(list)
+            use_fused = native.kernels() is not None
             for name, p, layer, attr in self._params:
                 g = p.grad
                 if g is None:                                     # frozen: only the weight norm of a layer
@@ -567,12 +638,21 @@ class GradientMonitor:
                     continue
                 if histogram and attr == "weight":
                     weight_hist_off[layer] = transfer.add(stats.log10_histogram(g))
+                if use_fused and native.eligible_pair(g, p):
+                    fused[g.dtype].append((name, g, p.detach()))   # all CPU parameters in one pass, below
+                    continue
                 if 0 < g.numel() <= stats.BATCH_NUMEL and g.dtype in (torch.float32, torch.float64):
                     small[g.device].append((name, g, p.detach()))  # reduced below, all at once
                     continue
                 w_off = transfer.add(stats.squared_norm(p.detach())) if self.weight_norms else -1
                 sums = stats.gradient_sums(g, self._scratch.like(g))
                 param_off[name] = (transfer.add(sums), -1, w_off, p.numel())
+            for items in fused.values():
+                sums = native.param_sums([g for _, g, _ in items],
+                                         [w if self.weight_norms else None for _, _, w in items])  # (k, 4)
+                off = transfer.add(sums)
+                for i, (name, g, _) in enumerate(items):
+                    param_off[name] = (off + 4 * i, -1, off + 4 * i + 3 if self.weight_norms else -1, g.numel())
             for device, items in small.items():
                 ids = self._segment_ids(tuple(g.numel() for _, g, _ in items), device)
                 g_off = transfer.add(stats.gradient_sums_batched([g for _, g, _ in items], ids))  # (k, 3)

@@ -1,0 +1,241 @@
+"""The fused one-pass CPU kernels (diagnostics/csrc/fused_sums.c) against float64 references, and the
+fallback to PyTorch reductions when they cannot be built."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import diagnostics as dx
+from diagnostics import native
+
+CHUNK, BLOCK, LANES = 16384, 2048, 32      # the constants of fused_sums.c: lengths around them are the edges
+LENGTHS = [1, LANES - 1, LANES, LANES + 1, BLOCK - 1, BLOCK + 1, CHUNK - 1, CHUNK, CHUNK + 1, 5 * CHUNK + 77]
+
+
+@pytest.fixture(autouse=True)
+def _kernels():
+    native.reset()
+    if native.kernels() is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI has a C compiler, so the fused kernels must build: {native.status()}")
+        pytest.skip(f"fused kernels unavailable here: {native.status()}")
+    yield
+    native.reset()
+
+
+def act_reference(x: torch.Tensor) -> list[float]:
+    d = x.double()
+    finite = torch.isfinite(d)
+    return [float(d.sum()), float((d * d).sum()), float((d != 0).sum()), float((~finite).sum())]
+
+
+def grad_reference(g: torch.Tensor) -> list[float]:
+    a = g.double().abs()
+    return [float(a.sum()), float((a * a).sum()), float(a.max()), float((~torch.isfinite(a)).sum())]
+
+
+def sample(n: int, dtype: torch.dtype) -> torch.Tensor:
+    """Values over nine decades, a quarter of them exact zeros (ReLU-like), both signs."""
+    gen = torch.Generator().manual_seed(n)
+    x = torch.randn(n, generator=gen, dtype=torch.float64) * torch.logspace(-4, 5, n, dtype=torch.float64)
+    x[torch.rand(n, generator=gen) < 0.25] = 0.0
+    return x.to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("n", LENGTHS)
+def test_activation_and_gradient_sums_equal_float64(n, dtype):
+    x = sample(n, dtype)
+    rtol = 1e-6 if dtype == torch.float32 else 1e-12
+    got = native.activation_sums(x)
+    np.testing.assert_allclose(got.numpy(), act_reference(x), rtol=rtol)
+    assert got[2] == act_reference(x)[2]                      # counts are exact
+    np.testing.assert_allclose(native.gradient_sums(x).numpy(), grad_reference(x), rtol=rtol)
+
+
+@pytest.mark.parametrize("position", [0, LANES + 3, CHUNK, 3 * CHUNK - 1], ids=["first", "lane", "chunk", "last"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")], ids=["nan", "inf", "-inf"])
+def test_nonfinite_values_are_counted_and_propagate(bad, position):
+    x = torch.zeros(3 * CHUNK)
+    x[1::7] = 2.0
+    x[position] = bad
+    a, g = native.activation_sums(x), native.gradient_sums(x)
+    assert a[3] == 1 and g[3] == 1
+    assert a[2] == float((x != 0).sum())                      # NaN counts as non-zero, as `x != 0` says
+    assert not math.isfinite(a[1]) and not math.isfinite(g[1])
+    if math.isnan(bad):
+        assert math.isnan(g[2])                               # max|g| is NaN when g holds NaN, like torch.amax
+    else:
+        assert g[2] == math.inf
+
+
+def test_negative_zero_is_a_zero():
+    x = torch.tensor([-0.0, 0.0, 1.0, -0.0])
+    assert native.activation_sums(x)[2] == 1
+
+
+def test_results_do_not_depend_on_the_number_of_threads():
+    x = sample(40 * CHUNK + 5, torch.float32)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = (native.activation_sums(x), native.gradient_sums(x))
+        torch.set_num_threads(2)
+        two = (native.activation_sums(x), native.gradient_sums(x))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one[0], two[0]) and torch.equal(one[1], two[1])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+def test_param_sums_reduce_every_pair_in_one_call(dtype):
+    grads = [sample(n, dtype) for n in (3, 700, CHUNK + 9, 4 * CHUNK)] + [torch.zeros(0, dtype=dtype)]
+    weights = [sample(g.numel() + 1, dtype)[1:] for g in grads]
+    weights[1] = None                                         # no weight norm wanted for this one
+    out = native.param_sums(grads, weights)
+    assert out.shape == (5, 4) and out.dtype == torch.float64
+    for i, (g, w) in enumerate(zip(grads[:4], weights[:4])):
+        np.testing.assert_allclose(out[i, :3].numpy(), grad_reference(g)[:3], rtol=1e-6)
+        if w is None:
+            assert math.isnan(out[i, 3])
+        else:
+            np.testing.assert_allclose(float(out[i, 3]), float((w.double() ** 2).sum()), rtol=1e-6)
+    assert out[4].tolist() == [0.0, 0.0, 0.0, 0.0]            # an empty gradient
+    assert native.param_sums([], []).shape == (0, 4)
+
+
+def test_param_sums_mark_a_nan_gradient():
+    g = torch.ones(2 * CHUNK)
+    g[CHUNK + 1] = float("nan")
+    out = native.param_sums([g], [torch.ones(2 * CHUNK)])
+    assert math.isnan(out[0, 1]) and math.isnan(out[0, 2]) and out[0, 3] == 2 * CHUNK
+
+
+def test_tensors_the_kernels_cannot_read_are_left_to_pytorch():
+    x = torch.randn(8, 6)
+    assert native.activation_sums(x.t()) is None              # strided
+    assert native.activation_sums(x.half()) is None           # half precision
+    assert native.activation_sums(torch.randn(4, dtype=torch.complex64)) is None
+    assert native.eligible_pair(x, x) and not native.eligible_pair(x, x.t())
+
+
+def test_the_library_shares_pytorchs_openmp_runtime():
+    assert len(native._loaded_gomp()) == 1
+    assert "native" in native.status()
+
+
+def _fresh_python(env: dict[str, str], code: str) -> str:
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, **env})
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+STATUS = "from diagnostics import native; print(native.kernels() is not None, '|', native.status())"
+
+
+def test_a_missing_compiler_falls_back_to_pytorch_with_the_reason(tmp_path):
+    out = _fresh_python({"CC": str(tmp_path / "no-such-cc"), "DIAGNOSTICS_CACHE_DIR": str(tmp_path)}, STATUS)
+    available, reason = out.split("|")
+    assert available.strip() == "False"
+    assert "PyTorch reductions" in reason and "no-such-cc" in reason
+
+
+def test_the_switch_turns_the_kernels_off(tmp_path):
+    out = _fresh_python({"DIAGNOSTICS_NATIVE": "0", "DIAGNOSTICS_CACHE_DIR": str(tmp_path)}, STATUS)
+    assert out.startswith("False") and "DIAGNOSTICS_NATIVE" in out
+    assert not list(tmp_path.iterdir())                       # nothing was built
+
+
+def test_a_fresh_cache_builds_once_and_is_reused(tmp_path):
+    first = _fresh_python({"DIAGNOSTICS_CACHE_DIR": str(tmp_path)}, STATUS)
+    built = sorted(p.name for p in tmp_path.iterdir())
+    assert first.startswith("True") and len(built) == 1 and built[0].endswith(".so")
+    mtime = (tmp_path / built[0]).stat().st_mtime_ns
+    _fresh_python({"DIAGNOSTICS_CACHE_DIR": str(tmp_path)}, STATUS)
+    assert (tmp_path / built[0]).stat().st_mtime_ns == mtime
+
+
+def _record(model: torch.nn.Module, x: torch.Tensor, steps: int = 2, **options) -> dx.GradientMonitor:
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with dx.GradientMonitor(model, **options) as mon:
+        for _ in range(steps):
+            model(x).square().mean().backward()
+            mon.step()
+            opt.step()
+            opt.zero_grad()
+    return mon
+
+
+def _net() -> torch.nn.Module:
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(inplace=True),
+        torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(8 * 36, 4))
+
+
+#: atol: a BN output's mean and a bias gradient ahead of BN are 0 up to float32 rounding (~1e-9 here), where
+#: any two summation orders disagree in relative terms.
+STAT_COLUMNS = ["weight_grad_norm", "weight_grad_mean_abs", "weight_grad_max_abs", "bias_grad_norm",
+                "weight_norm", "act_grad_norm", "act_grad_mean_abs", "act_grad_max_abs", "act_mean", "act_std",
+                "act_zero_frac", "nonfinite"]
+
+
+def test_the_monitor_records_the_same_statistics_through_either_path(monkeypatch):
+    x = torch.randn(4, 3, 6, 6)
+    torch.manual_seed(1)
+    fused = _record(_net(), x).frame()
+    monkeypatch.setenv("DIAGNOSTICS_NATIVE", "0")
+    native.reset()
+    torch.manual_seed(1)
+    plain = _record(_net(), x).frame()
+    assert list(fused["layer"]) == list(plain["layer"])
+    np.testing.assert_allclose(fused[STAT_COLUMNS].to_numpy(float), plain[STAT_COLUMNS].to_numpy(float),
+                               rtol=1e-5, atol=1e-7)
+
+
+def test_a_full_arena_hands_the_rest_of_the_step_to_pytorch_and_grows():
+    x = torch.randn(4, 3, 6, 6)
+    torch.manual_seed(1)
+    reference = _record(_net(), x).frame()
+    torch.manual_seed(1)
+    model = _net()
+    mon = dx.GradientMonitor(model)
+    mon._arena_rows = 3                      # room for 3 of the 14 reductions per step
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with mon:
+        for _ in range(2):
+            model(x).square().mean().backward()
+            mon.step()
+            opt.step()
+            opt.zero_grad()
+    assert mon._arena_rows == 12             # doubled after each overflowing step: 3 -> 6 -> 12
+    np.testing.assert_allclose(mon.frame()[STAT_COLUMNS].to_numpy(float), reference[STAT_COLUMNS].to_numpy(float),
+                               rtol=1e-5, atol=1e-7)
+
+
+def test_channels_last_outputs_take_the_pytorch_path_with_the_same_values():
+    x = torch.randn(4, 3, 6, 6)
+    torch.manual_seed(1)
+    reference = _record(_net(), x).frame()
+    torch.manual_seed(1)
+    model = _net().to(memory_format=torch.channels_last)
+    got = _record(model, x.to(memory_format=torch.channels_last)).frame()
+    np.testing.assert_allclose(got[STAT_COLUMNS].to_numpy(float), reference[STAT_COLUMNS].to_numpy(float),
+                               rtol=1e-4, atol=1e-7)
+
+
+def test_a_nan_through_the_fused_path_is_reported_at_its_layer():
+    model = _net()
+    with torch.no_grad():
+        model[3].weight[0, 0, 0, 0] = float("nan")
+    with pytest.warns(RuntimeWarning, match="3"):
+        mon = _record(model, torch.randn(2, 3, 6, 6), steps=1)
+    steps = mon.step_frame()
+    assert steps["nonfinite_forward_layer"].iloc[0] == "3"
