@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -11,6 +13,25 @@ import diagnostics as dx
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture(params=["fused", "pytorch"])
+def reductions(request, monkeypatch) -> str:
+    """Run a test once through the fused CPU kernels (diagnostics.native) and once through PyTorch reductions.
+
+    The fused run fails in CI (which has a C compiler) when the kernels cannot be built, and skips elsewhere.
+    """
+    from diagnostics import native
+
+    if request.param == "pytorch":
+        monkeypatch.setenv("DIAGNOSTICS_NATIVE", "0")
+    native.reset()
+    if request.param == "fused" and native.kernels() is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI has a C compiler, so the fused kernels must build: {native.status()}")
+        pytest.skip(f"fused kernels unavailable here: {native.status()}")
+    yield request.param
+    native.reset()          # before monkeypatch restores the environment: the next use decides afresh
 
 
 @pytest.fixture

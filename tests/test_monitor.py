@@ -89,7 +89,7 @@ ZOO = {
 
 
 @pytest.mark.parametrize("arch", list(ZOO), ids=list(ZOO))
-def test_statistics_match_independent_oracles_on_torchvision_models(arch):
+def test_statistics_match_independent_oracles_on_torchvision_models(arch, reductions):
     factory, shape = ZOO[arch]
     model = factory()
     before = hook_state(model)
@@ -127,7 +127,7 @@ def test_statistics_match_independent_oracles_on_torchvision_models(arch):
     assert hook_state(model) == before
 
 
-def test_activation_gradients_equal_autograd_grad():
+def test_activation_gradients_equal_autograd_grad(reductions):
     model = nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 3))
     x = torch.randn(7, 6)
     h1 = model[0](x)
@@ -150,7 +150,7 @@ def test_activation_gradients_equal_autograd_grad():
         torch.testing.assert_close(frame.loc[layer, "act_std"], a.std(unbiased=False).item(), rtol=1e-5, atol=1e-7)
 
 
-def test_statistics_agree_with_float64_on_a_large_layer():
+def test_statistics_agree_with_float64_on_a_large_layer(reductions):
     torch.manual_seed(1)
     layer = nn.Linear(4096, 2500)            # 10.2 M weights
     x = torch.randn(64, 4096)
@@ -215,7 +215,7 @@ def test_graph_built_inside_the_block_and_backpropagated_after_it_is_ignored():
         mon.step()
 
 
-def test_inplace_relu_gradient_is_the_gradient_before_the_inplace_op():
+def test_inplace_relu_gradient_is_the_gradient_before_the_inplace_op(reductions):
     model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(inplace=True), nn.Linear(6, 2))
     x = torch.randn(5, 4)
     with dx.GradientMonitor(model) as mon:
@@ -248,7 +248,7 @@ class TwiceNet(nn.Module):
         return self.head(self.shared(torch.tanh(self.shared(x))))
 
 
-def test_a_module_called_twice_pools_both_calls():
+def test_a_module_called_twice_pools_both_calls(reductions):
     model = TwiceNet()
     oracle, handles = capture_output_grads(model)
     with dx.GradientMonitor(model) as mon:
@@ -321,7 +321,7 @@ class _NanGrad(torch.autograd.Function):
 
 
 @pytest.mark.parametrize("phase", ["forward", "backward"])
-def test_a_nan_is_reported_at_the_layer_where_it_appeared(phase, store):
+def test_a_nan_is_reported_at_the_layer_where_it_appeared(phase, store, reductions):
     model = nn.Sequential(nn.Linear(4, 4), nn.Tanh(), Poison(phase), nn.Linear(4, 4), nn.Linear(4, 1))
     with pytest.warns(RuntimeWarning, match=f"{phase} pass first at layer '2'|{phase} pass first at layer"):
         with dx.GradientMonitor(model, store=store) as mon:
@@ -339,7 +339,7 @@ def test_a_nan_is_reported_at_the_layer_where_it_appeared(phase, store):
     assert store.meta(mon.run_id)["first_nonfinite"]["step"] == 0
 
 
-def test_on_nonfinite_raise_stops_with_the_layer_and_step(store):
+def test_on_nonfinite_raise_stops_with_the_layer_and_step(store, reductions):
     model = nn.Sequential(nn.Linear(4, 4), Poison("forward"), nn.Linear(4, 1))
     with pytest.raises(dx.NonFiniteGradientError, match="step 1.*layer '1'") as info:
         with dx.GradientMonitor(model, store=store, on_nonfinite="raise") as mon:
@@ -389,7 +389,7 @@ def test_no_grad_and_eval_passes_without_backward_are_ignored():
     assert (b["calls"] == 1).all()
 
 
-def test_frozen_layers_have_no_weight_gradient_but_keep_activation_gradients():
+def test_frozen_layers_have_no_weight_gradient_but_keep_activation_gradients(reductions):
     model = small_cnn()
     for p in model[0].parameters():
         p.requires_grad_(False)
@@ -415,7 +415,7 @@ class TupleDictNet(nn.Module):
 
 
 @pytest.mark.parametrize("kind", ["tuple", "dict"])
-def test_models_returning_tuples_or_dicts(kind):
+def test_models_returning_tuples_or_dicts(kind, reductions):
     model = TupleDictNet(kind)
     with dx.GradientMonitor(model) as mon:
         train_simple(model, mon, torch.randn(2, 4))
@@ -424,7 +424,7 @@ def test_models_returning_tuples_or_dicts(kind):
     assert {"rnn.weight_ih_l0", "rnn.weight_hh_l0"} <= set(mon.param_frame()["param"])
 
 
-def test_every_parameter_with_a_gradient_is_in_the_param_frame():
+def test_every_parameter_with_a_gradient_is_in_the_param_frame(reductions):
     class WithAttention(nn.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -448,7 +448,7 @@ def test_every_parameter_with_a_gradient_is_in_the_param_frame():
     assert params.loc["scale", "layer"] == "WithAttention"
 
 
-def test_gradient_accumulation_pools_micro_batches():
+def test_gradient_accumulation_pools_micro_batches(reductions):
     model = nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 1))
     oracle, handles = capture_output_grads(model)
     with dx.GradientMonitor(model) as mon:
@@ -465,7 +465,7 @@ def test_gradient_accumulation_pools_micro_batches():
     torch.testing.assert_close(row["act_grad_norm"], pooled.norm().item(), rtol=1e-6, atol=0)
 
 
-def test_update_ratio_is_the_size_of_the_optimizer_step(store):
+def test_update_ratio_is_the_size_of_the_optimizer_step(store, reductions):
     model = small_cnn()
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     history = []
@@ -512,7 +512,7 @@ def test_weight_statistics_alone_skip_the_activation_hooks_and_keep_the_rest():
     assert full[["act_grad_norm", "act_mean"]].notna().all().all()
 
 
-def test_weight_norms_can_be_left_out():
+def test_weight_norms_can_be_left_out(reductions):
     full, reduced = run_twice({"weight_norms": False})
     assert reduced["weight_norm"].isna().all() and full["weight_norm"].notna().any()
     kept = WEIGHT_GRAD_COLUMNS + ACTIVATION_COLUMNS
@@ -530,7 +530,7 @@ def test_an_optimizer_keeps_weight_norms_for_the_update_ratio(store):
 
 
 @pytest.mark.parametrize("unscale_first", [False, True], ids=["scaled-grads", "after-unscale_"])
-def test_amp_gradients_are_reported_unscaled(unscale_first):
+def test_amp_gradients_are_reported_unscaled(unscale_first, reductions):
     torch.manual_seed(3)
     model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
@@ -560,7 +560,7 @@ def test_amp_gradients_are_reported_unscaled(unscale_first):
     assert mon.step_frame()["grad_scale"].iloc[0] == 1024.0
 
 
-def test_histograms_count_every_element(store):
+def test_histograms_count_every_element(store, reductions):
     model = small_cnn()
     with dx.GradientMonitor(model, store=store, histogram_every=2) as mon:
         train(model, mon, steps=3)
