@@ -3,8 +3,10 @@
 Each configuration is timed in alternation with the un-monitored baseline: one block of steps with the monitor,
 one without, repeated; the printed ratio is the median of the per-pair ratios, with the spread (min-max).
 
-Configurations: all statistics (every step, with ``optimizer=``, ``every=10``); the weight-gradient statistics
-alone (``activations=False, weight_norms=False``); weight gradients and weight norms (``activations=False``).
+Configurations: all statistics (every step, with ``optimizer=``, ``every=10``, and with PyTorch reductions only,
+``fused=False``, for comparison with the default fused one-pass kernels of ``diagnostics.native``); the
+weight-gradient statistics alone (``activations=False, weight_norms=False``); weight gradients and weight norms
+(``activations=False``).
 
 Run: .venv/bin/python benchmarks/monitor_overhead.py [--pairs 7] [--block 10] [--only "weight"]
 """
@@ -23,8 +25,10 @@ import torchvision
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import diagnostics as dx  # noqa: E402
+from diagnostics import native  # noqa: E402
 
 TARGETS = {"all statistics, every step": 1.20, "all statistics, every step, optimizer=": None,
+           "all statistics, every step, fused=False": None,
            "weight-gradient statistics alone": 1.10, "weight gradients and weight norms": None,
            "all statistics, every=10": 1.05}
 
@@ -82,12 +86,14 @@ if __name__ == "__main__":
     parser.add_argument("--only", default="", help="run only the configurations whose name contains this text")
     args = parser.parse_args()
     baseline = make(seed=1)[:2]
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, resnet18, batch 16, 3x64x64, SGD")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, resnet18, batch 16, 3x64x64, SGD; "
+          f"reductions: {native.status()}")
     with tempfile.TemporaryDirectory() as tmp:
         store = dx.RunStore(Path(tmp) / "runs")
         configs = {
             "all statistics, every step": {},
             "all statistics, every step, optimizer=": {"with_optimizer": True},
+            "all statistics, every step, fused=False": {"fused": False},
             "weight-gradient statistics alone": {"activations": False, "weight_norms": False},
             "weight gradients and weight norms": {"activations": False},
             "all statistics, every=10": {"every": 10},

@@ -303,6 +303,10 @@ class GradientMonitor:
             equal one process on the global batch (weight gradients are read after DDP's all-reduce anyway).
             Every rank constructs and steps its monitor the same way; only rank 0 should pass a ``store``.
             Histograms are refused (one rank's histogram is not the global batch's).
+        fused: Reduce contiguous float32/float64 CPU tensors with the fused one-pass kernels of
+            :mod:`diagnostics.native` (built with the system C compiler on first use; PyTorch reductions where
+            they are unavailable). ``False`` uses PyTorch reductions only. Same statistics either way; on
+            resnet18 the fused kernels take the all-statistics overhead from about 1.3x to about 1.1x.
     """
 
     def __init__(self, model: nn.Module, store: RunStore | None = None, run_name: str | None = None, *,
@@ -313,7 +317,7 @@ class GradientMonitor:
                  kernels: Sequence[str] | str | None = None, kernel_every: int = 50,
                  kernel_max_mb: float = 256.0, meta: Mapping[str, Any] | None = None,
                  flush_every: int = 10, activations: bool = True, weight_norms: bool = True,
-                 distributed: bool | Any = False) -> None:
+                 distributed: bool | Any = False, fused: bool = True) -> None:
         if not isinstance(model, nn.Module):
             raise MonitorError(f"GradientMonitor needs an nn.Module, got {type(model).__name__}")
         if every < 1:
@@ -339,6 +343,7 @@ class GradientMonitor:
         self.activations = bool(activations)
         self.weight_norms = bool(weight_norms) or optimizer is not None
         self.distributed = distributed is not False
+        self.fused = bool(fused)
         self._group = None if distributed is True or distributed is False else distributed
         self.run_id: str | None = None
 
@@ -422,7 +427,7 @@ class GradientMonitor:
             self._remove_hooks()
             raise
         _ATTACHED.update(self.model.modules())
-        self._fused = _fused_kernels()
+        self._fused = _fused_kernels() if self.fused else None
         self._buffer = self._new_buffer()
         self._enabled = True
         self._t0 = time.perf_counter()
@@ -435,6 +440,7 @@ class GradientMonitor:
                 "every": self.every,
                 "activations": self.activations,
                 "weight_norms": self.weight_norms,
+                "reductions": "fused" if self._fused else "pytorch",
                 "histogram_every": self.histogram_every,
                 "hist_edges": stats.HIST_EDGES.tolist(),
                 "torch": torch.__version__,
@@ -629,7 +635,7 @@ class GradientMonitor:
         with torch.no_grad():
             small: dict[torch.device, list[tuple[str, torch.Tensor, torch.Tensor]]] = defaultdict(list)
             fused: dict[torch.dtype, list[tuple[str, torch.Tensor, torch.Tensor]]] = defaultdict(list)
-            use_fused = native.kernels() is not None
+            use_fused = self._fused is not None
             for name, p, layer, attr in self._params:
                 g = p.grad
                 if g is None:                                     # frozen: only the weight norm of a layer

@@ -17,8 +17,6 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from . import native
-
 # --- names ------------------------------------------------------------------------------------------------
 
 #: Columns of the per-(step, layer) table, in order.
@@ -138,14 +136,10 @@ def activation_sums(x: torch.Tensor, scratch: torch.Tensor | None = None) -> tor
             intermediate, so that no memory is allocated (fresh large allocations page-fault on CPU).
 
     Returns:
-        A float tensor of shape (3,) on ``x``'s device. Through the fused CPU kernels (:mod:`.native`) it is
-        float64 and all three come from one pass. Otherwise, on CPU, ``#nonzero`` is ``Σ sign(x)²`` (an
-        order of magnitude faster than counting with a boolean mask), which is NaN when ``x`` holds NaN.
+        A float tensor of shape (3,) on ``x``'s device. ``#nonzero`` is ``Σ sign(x)²`` (one pass; on CPU an
+        order of magnitude faster than counting with a boolean mask). It is NaN when ``x`` holds NaN.
     """
     flat = _as_float(x)                                   # (n,)
-    fused = native.activation_sums(flat)                  # one pass, where the fused CPU kernels exist
-    if fused is not None:
-        return fused[:3].to(flat.dtype)
     if flat.device.type != "cpu":
         nonzero = (flat != 0).sum().to(flat.dtype)        # boolean counts are fast on accelerators
         return torch.stack((flat.sum(), _dot(flat, flat), nonzero))
@@ -164,15 +158,11 @@ def gradient_sums(g: torch.Tensor, scratch: torch.Tensor | None = None) -> torch
         scratch: Optional 1-D buffer for ``|g|`` (see :func:`activation_sums`).
 
     Returns:
-        A float tensor of shape (3,) on ``g``'s device (float64 from one pass through the fused CPU kernels
-        of :mod:`.native`, where they are available).
+        A float tensor of shape (3,) on ``g``'s device.
     """
     flat = _as_float(g)                                   # (n,)
     if flat.numel() == 0:
         return torch.zeros(3, dtype=flat.dtype, device=flat.device)
-    fused = native.gradient_sums(flat)                    # one pass, where the fused CPU kernels exist
-    if fused is not None:
-        return fused[:3].to(flat.dtype)
     if flat.device.type == "cpu" and flat.numel() > CPU_PIECE:
         parts = _by_pieces(flat, scratch, _gradient_piece)            # (pieces, 3)
         sums = parts[:, :2].sum(dim=0, dtype=torch.float64).to(flat.dtype)

@@ -187,16 +187,24 @@ STAT_COLUMNS = ["weight_grad_norm", "weight_grad_mean_abs", "weight_grad_max_abs
                 "act_zero_frac", "nonfinite"]
 
 
-def test_the_monitor_records_the_same_statistics_through_either_path(monkeypatch):
+@pytest.mark.parametrize("switch", ["option", "environment"])
+def test_the_monitor_records_the_same_statistics_through_either_path(switch, monkeypatch, tmp_path):
     x = torch.randn(4, 3, 6, 6)
     torch.manual_seed(1)
-    fused = _record(_net(), x).frame()
-    monkeypatch.setenv("DIAGNOSTICS_NATIVE", "0")
-    native.reset()
+    fused = _record(_net(), x, store=dx.RunStore(tmp_path / "a"))
+    options = {"store": dx.RunStore(tmp_path / "b")}
+    if switch == "option":
+        options["fused"] = False
+    else:
+        monkeypatch.setenv("DIAGNOSTICS_NATIVE", "0")
+        native.reset()
     torch.manual_seed(1)
-    plain = _record(_net(), x).frame()
-    assert list(fused["layer"]) == list(plain["layer"])
-    np.testing.assert_allclose(fused[STAT_COLUMNS].to_numpy(float), plain[STAT_COLUMNS].to_numpy(float),
+    plain = _record(_net(), x, **options)
+    assert fused.store.meta(fused.run_id)["reductions"] == "fused"
+    assert plain.store.meta(plain.run_id)["reductions"] == "pytorch"
+    a, b = fused.frame(), plain.frame()
+    assert list(a["layer"]) == list(b["layer"])
+    np.testing.assert_allclose(a[STAT_COLUMNS].to_numpy(float), b[STAT_COLUMNS].to_numpy(float),
                                rtol=1e-5, atol=1e-7)
 
 

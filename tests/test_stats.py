@@ -11,25 +11,25 @@ import torch
 from diagnostics import stats
 
 
-def test_activation_sums_by_hand(reductions):
+def test_activation_sums_by_hand():
     x = torch.tensor([[0.0, 1.0], [-2.0, 0.0]])
     torch.testing.assert_close(stats.activation_sums(x), torch.tensor([-1.0, 5.0, 2.0]))
 
 
-def test_activation_sums_use_a_scratch_buffer_without_changing_the_result(reductions):
+def test_activation_sums_use_a_scratch_buffer_without_changing_the_result():
     x = torch.tensor([3.0, 0.0, -1.0])
     scratch = torch.full((10,), 7.0)
     torch.testing.assert_close(stats.activation_sums(x, scratch), torch.tensor([2.0, 10.0, 2.0]))
     torch.testing.assert_close(stats.gradient_sums(x, scratch), torch.tensor([4.0, 10.0, 3.0]))
 
 
-def test_gradient_sums_by_hand(reductions):
+def test_gradient_sums_by_hand():
     g = torch.tensor([3.0, -4.0, 0.0])
     torch.testing.assert_close(stats.gradient_sums(g), torch.tensor([7.0, 25.0, 4.0]))
     torch.testing.assert_close(stats.gradient_sums(torch.empty(0)), torch.zeros(3))
 
 
-def test_half_precision_is_summed_in_float32(reductions):
+def test_half_precision_is_summed_in_float32():
     g = torch.full((70_000,), 1.0, dtype=torch.float16)       # Σg² = 70 000 overflows float16 (max 65 504)
     assert stats.gradient_sums(g)[1].item() == 70_000
 
@@ -37,7 +37,7 @@ def test_half_precision_is_summed_in_float32(reductions):
 @pytest.mark.parametrize("values, expected", [([1.0, 2.0], 0), ([1.0, float("nan")], 1),
                                               ([float("inf"), float("-inf"), 0.0], 2)],
                          ids=["finite", "nan", "infs"])
-def test_nonfinite_count(values, expected, reductions):
+def test_nonfinite_count(values, expected):
     x = torch.tensor(values)
     assert stats.nonfinite_count(x, stats.gradient_sums(x)) == expected
 
@@ -45,7 +45,7 @@ def test_nonfinite_count(values, expected, reductions):
 @pytest.mark.parametrize("length", [stats.CPU_PIECE - 1, stats.CPU_PIECE, stats.CPU_PIECE + 1,
                                     3 * stats.CPU_PIECE + 5], ids=["below-a-piece", "one-piece", "one-more",
                                                                      "pieces-and-a-tail"])
-def test_gradient_sums_by_pieces_equal_float64(length, reductions):
+def test_gradient_sums_by_pieces_equal_float64(length):
     torch.manual_seed(0)
     g = torch.randn(length) * torch.logspace(-3, 1, length)
     g[-1] = -50.0                                             # the largest |g| sits in the tail piece
@@ -57,7 +57,7 @@ def test_gradient_sums_by_pieces_equal_float64(length, reductions):
 
 @pytest.mark.parametrize("bad, where", [(float("nan"), 2), (float("inf"), 1), (float("-inf"), 0)],
                          ids=["nan-in-last-piece", "inf-in-middle-piece", "minus-inf-in-first-piece"])
-def test_gradient_sums_by_pieces_show_nonfinite_values(bad, where, reductions):
+def test_gradient_sums_by_pieces_show_nonfinite_values(bad, where):
     g = torch.ones(2 * stats.CPU_PIECE + 3)
     g[where * stats.CPU_PIECE] = bad
     sums = stats.gradient_sums(g)
