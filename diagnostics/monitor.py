@@ -554,11 +554,19 @@ class GradientMonitor:
         with torch.no_grad():
             kernel_layers = self._open["kernel_arrays"] if self._open.get("kernel_step") else {}
             kernel_updates = {}
-            updates = {}
+            updates: dict[str, torch.Tensor | float] = {}
+            snapshots = {self._own.get(layer, {}).get("weight") for layer in kernel_layers}   # need ΔW itself
+            fused: dict[torch.dtype, list[tuple[str, torch.Tensor, torch.Tensor]]] = defaultdict(list)
             for name in self._copied:
-                p = self._param_by_name[name].detach()
-                delta = torch.sub(p, self._weight_copies[name], out=self._weight_copies[name])  # ΔW in place
+                p, old = self._param_by_name[name].detach(), self._weight_copies[name]
+                if self._fused is not None and name not in snapshots and native.eligible_pair(p, old):
+                    fused[p.dtype].append((name, p, old))     # ‖ΔW‖² in one read of both, ΔW never written
+                    continue
+                delta = torch.sub(p, old, out=old)              # ΔW in place
                 updates[name] = stats.squared_norm(delta)
+            for items in fused.values():
+                squares = native.diff_sums([p for _, p, _ in items], [old for _, _, old in items]).tolist()
+                updates.update(zip([name for name, _, _ in items], squares))
             for layer in kernel_layers:
                 name = self._own.get(layer, {}).get("weight")
                 if name in self._copied:

@@ -34,6 +34,9 @@ log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("csrc") / "fused_sums.c"
 
+#: Compiler flags; on x86-64, 512-bit vectors where the loader picks the AVX-512 clone (GCC prefers 256).
+CFLAGS = ["-O3", "-fopenmp", "-fPIC"] + (["-mprefer-vector-width=512"] if os.uname().machine == "x86_64" else [])
+
 _SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
 _lock = threading.Lock()
 _state: dict[str, object] = {}
@@ -65,13 +68,16 @@ def _compile(gomp: str, target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         obj, lib = Path(tmp) / "fused_sums.o", Path(tmp) / target.name
-        for cmd in ([cc, "-O3", "-fopenmp", "-fPIC", "-c", str(SOURCE), "-o", str(obj)],
+        for cmd in ([cc, *CFLAGS, "-c", str(SOURCE), "-o", str(obj)],
                     # Without -fopenmp at link time: the only OpenMP runtime named is PyTorch's.
                     [cc, "-shared", str(obj), gomp, f"-Wl,-rpath,{Path(gomp).parent}", "-o", str(lib)]):
             done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
             if done.returncode != 0:
                 raise RuntimeError(f"`{' '.join(cmd)}` failed: {(done.stderr or done.stdout).strip()[-400:]}")
         os.replace(lib, target)                     # another process may build the same file: last one wins
+    for old in target.parent.glob("fused_sums-*.so"):  # builds of older sources (a loaded one stays mapped)
+        if old != target:
+            old.unlink(missing_ok=True)
 
 
 def _load() -> ctypes.CDLL:
@@ -84,8 +90,8 @@ def _load() -> ctypes.CDLL:
     gomp = _loaded_gomp()
     if len(gomp) != 1:
         raise RuntimeError(f"expected PyTorch's one libgomp in this process, found {gomp or 'none'}")
-    key = hashlib.sha256(SOURCE.read_bytes() + gomp[0].encode() + sys.platform.encode()
-                         + os.uname().machine.encode()).hexdigest()[:16]
+    key = hashlib.sha256("\0".join([SOURCE.read_text(), *CFLAGS, gomp[0], sys.platform, os.uname().machine])
+                         .encode()).hexdigest()[:16]
     target = _cache_dir() / f"fused_sums-{key}.so"
     if not target.exists():
         _compile(gomp[0], target)
@@ -97,8 +103,9 @@ def _load() -> ctypes.CDLL:
         for name in ("act_sums", "grad_sums"):
             fn = getattr(lib, f"{name}_{suffix}")
             fn.argtypes, fn.restype = [ptr, i64, ptr], None
-        fn = getattr(lib, f"param_sums_{suffix}")
-        fn.argtypes, fn.restype = [i64, ptr, ptr, ptr, ptr], ctypes.c_int
+        for name in ("param_sums", "diff_sums"):
+            fn = getattr(lib, f"{name}_{suffix}")
+            fn.argtypes, fn.restype = [i64, ptr, ptr, ptr, ptr], ctypes.c_int
     return lib
 
 
@@ -188,6 +195,27 @@ def param_sums(grads: list[torch.Tensor], weights: list[torch.Tensor | None]) ->
     fn = getattr(lib, f"param_sums_{_SUFFIX[grads[0].dtype]}")
     if fn(k, g_ptrs.ctypes.data, w_ptrs.ctypes.data, sizes.ctypes.data, out.data_ptr()) != 0:
         raise RuntimeError("fused parameter reduction ran out of memory")
+    return out
+
+
+def diff_sums(after: list[torch.Tensor], before: list[torch.Tensor]) -> torch.Tensor:
+    """``‖a - b‖²`` of k pairs of equal-shaped tensors in one parallel pass, without writing ``a - b``:
+    float64 (k,). Every pair must pass :func:`eligible_pair`, all of one dtype. Raises RuntimeError when the
+    library is unavailable or out of memory.
+    """
+    lib = kernels()
+    if lib is None:
+        raise RuntimeError(status())
+    k = len(after)
+    out = torch.empty(k, dtype=torch.float64)
+    if k == 0:
+        return out
+    a_ptrs = np.fromiter((t.data_ptr() for t in after), dtype=np.uintp, count=k)
+    b_ptrs = np.fromiter((t.data_ptr() for t in before), dtype=np.uintp, count=k)
+    sizes = np.fromiter((t.numel() for t in after), dtype=np.int64, count=k)
+    fn = getattr(lib, f"diff_sums_{_SUFFIX[after[0].dtype]}")
+    if fn(k, a_ptrs.ctypes.data, b_ptrs.ctypes.data, sizes.ctypes.data, out.data_ptr()) != 0:
+        raise RuntimeError("fused difference reduction ran out of memory")
     return out
 
 

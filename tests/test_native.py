@@ -111,6 +111,16 @@ def test_param_sums_reduce_every_pair_in_one_call(dtype):
     assert native.param_sums([], []).shape == (0, 4)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+def test_diff_sums_are_squared_distances(dtype):
+    after = [sample(n, dtype) for n in (5, CHUNK + 3, 3 * CHUNK)] + [torch.zeros(0, dtype=dtype)]
+    before = [a + sample(a.numel() + 2, dtype)[2:] * 1e-3 for a in after]
+    got = native.diff_sums(after, before)
+    want = [float(((a.double() - b.double()) ** 2).sum()) for a, b in zip(after, before)]
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-5)
+    assert got[3] == 0 and native.diff_sums([], []).shape == (0,)
+
+
 def test_param_sums_mark_a_nan_gradient():
     g = torch.ones(2 * CHUNK)
     g[CHUNK + 1] = float("nan")
