@@ -89,9 +89,9 @@ class _StepBuffer:
         fns = self.kernels.get(x.dtype)
         if fns is None:
             return None
+        self.used = k + 1                                   # taken before the call, which releases the GIL
         n = x.numel()
         fns[kind](x.data_ptr(), n, self.base + 32 * k)      # row k = [4 float64]
-        self.used = k + 1
         return _Call(n, self.arena[k], None, seq)
 
 

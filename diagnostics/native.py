@@ -60,6 +60,20 @@ def _loaded_gomp() -> list[str]:
     return paths
 
 
+def _torch_gomp(loaded: list[str]) -> str:
+    """PyTorch's libgomp among those loaded: the copy inside the torch package (pip wheels), else the system's.
+
+    Other packages bring renamed copies of their own (scikit-learn's ``libgomp-<hash>.so``); linking against
+    one of those would start a second thread pool.
+    """
+    torch_dir = Path(torch.__file__).resolve().parent
+    own = [p for p in loaded if Path(p).resolve().is_relative_to(torch_dir)]
+    system = [p for p in loaded if os.path.basename(p).startswith("libgomp.so")]
+    if not (own or system):
+        raise RuntimeError(f"PyTorch's libgomp is not among the OpenMP runtimes loaded ({loaded or 'none'})")
+    return (own or system)[0]
+
+
 def _compile(gomp: str, target: Path) -> None:
     """Compile SOURCE and link it against PyTorch's own libgomp (``gomp``), writing ``target`` atomically."""
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
@@ -87,17 +101,17 @@ def _load() -> ctypes.CDLL:
         raise RuntimeError(f"only built on Linux (this is {sys.platform})")
     if "OpenMP" not in torch.__config__.parallel_info():
         raise RuntimeError("this PyTorch build does not use OpenMP")
-    gomp = _loaded_gomp()
-    if len(gomp) != 1:
-        raise RuntimeError(f"expected PyTorch's one libgomp in this process, found {gomp or 'none'}")
-    key = hashlib.sha256("\0".join([SOURCE.read_text(), *CFLAGS, gomp[0], sys.platform, os.uname().machine])
+    before = _loaded_gomp()
+    gomp = _torch_gomp(before)
+    key = hashlib.sha256("\0".join([SOURCE.read_text(), *CFLAGS, gomp, sys.platform, os.uname().machine])
                          .encode()).hexdigest()[:16]
     target = _cache_dir() / f"fused_sums-{key}.so"
     if not target.exists():
-        _compile(gomp[0], target)
+        _compile(gomp, target)
     lib = ctypes.CDLL(str(target))
-    if len(_loaded_gomp()) != 1:                   # the library brought a second OpenMP runtime: never use it
-        raise RuntimeError(f"the built library loaded a second libgomp ({_loaded_gomp()})")
+    added = sorted(set(_loaded_gomp()) - set(before))
+    if added:                                       # it brought an OpenMP runtime of its own: never use it
+        raise RuntimeError(f"the built library loaded another libgomp ({added}) instead of PyTorch's ({gomp})")
     ptr, i64 = ctypes.c_void_p, ctypes.c_int64
     for suffix in _SUFFIX.values():
         for name in ("act_sums", "grad_sums"):

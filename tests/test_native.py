@@ -136,11 +136,6 @@ def test_tensors_the_kernels_cannot_read_are_left_to_pytorch():
     assert native.eligible_pair(x, x) and not native.eligible_pair(x, x.t())
 
 
-def test_the_library_shares_pytorchs_openmp_runtime():
-    assert len(native._loaded_gomp()) == 1
-    assert "native" in native.status()
-
-
 def _fresh_python(env: dict[str, str], code: str) -> str:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                           env={**os.environ, **env})
@@ -149,6 +144,16 @@ def _fresh_python(env: dict[str, str], code: str) -> str:
 
 
 STATUS = "from diagnostics import native; print(native.kernels() is not None, '|', native.status())"
+
+
+def test_the_library_shares_pytorchs_openmp_runtime_beside_other_copies(tmp_path):
+    # scikit-learn loads a renamed libgomp of its own first; the library must still bind to PyTorch's.
+    code = ("import sklearn.datasets, torch\nfrom diagnostics import native\n"
+            "before = native._loaded_gomp()\nassert native.kernels() is not None, native.status()\n"
+            "assert native._loaded_gomp() == before\nprint(len(before), native._torch_gomp(before))")
+    out = _fresh_python({"DIAGNOSTICS_CACHE_DIR": str(tmp_path)}, code)
+    count, gomp = out.split(" ", 1)
+    assert int(count) >= 2 and "torch" in gomp
 
 
 def test_a_missing_compiler_falls_back_to_pytorch_with_the_reason(tmp_path):
