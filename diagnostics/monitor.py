@@ -9,6 +9,10 @@ How it measures (see ``../shared/STYLE.md``):
   gradient accumulation and after ``GradScaler.unscale_``.
 * All sums of a recorded step are moved to the host in one transfer; on CPU a layer whose sums are finite
   skips the non-finite counting pass.
+* Contiguous float32/float64 CPU tensors are reduced by the fused one-pass kernels of :mod:`.native`
+  (every statistic of a tensor from one read) into a per-step host array, the arena of ``_StepBuffer``; all
+  parameters of a step go through one call. Everything else, and every tensor when the kernels cannot be
+  built, uses the PyTorch reductions of :mod:`.stats`.
 * Passes under ``torch.no_grad()`` are ignored; an eval-mode pass counts only if backward reaches it.
 """
 
