@@ -168,24 +168,23 @@ def reducers(dtype: torch.dtype) -> tuple[ctypes._CFuncPtr, ctypes._CFuncPtr] | 
     return getattr(lib, f"act_sums_{_SUFFIX[dtype]}"), getattr(lib, f"grad_sums_{_SUFFIX[dtype]}")
 
 
-def activation_sums(x: torch.Tensor) -> torch.Tensor | None:
-    """``[Σx, Σx², #nonzero, #NaN/Inf]`` as a float64 tensor of shape (4,), or None when not eligible."""
+def _reduce_one(x: torch.Tensor, kind: int) -> torch.Tensor | None:
     fns = reducers(x.dtype) if _eligible(x) else None
     if fns is None:
         return None
     out = torch.empty(4, dtype=torch.float64)
-    fns[0](x.data_ptr(), x.numel(), out.data_ptr())
+    fns[kind](x.data_ptr(), x.numel(), out.data_ptr())
     return out
+
+
+def activation_sums(x: torch.Tensor) -> torch.Tensor | None:
+    """``[Σx, Σx², #nonzero, #NaN/Inf]`` as a float64 tensor of shape (4,), or None when not eligible."""
+    return _reduce_one(x, 0)
 
 
 def gradient_sums(g: torch.Tensor) -> torch.Tensor | None:
     """``[Σ|g|, Σg², max|g|, #NaN/Inf]`` as a float64 tensor of shape (4,), or None when not eligible."""
-    fns = reducers(g.dtype) if _eligible(g) else None
-    if fns is None:
-        return None
-    out = torch.empty(4, dtype=torch.float64)
-    fns[1](g.data_ptr(), g.numel(), out.data_ptr())
-    return out
+    return _reduce_one(g, 1)
 
 
 def param_sums(grads: list[torch.Tensor], weights: list[torch.Tensor | None]) -> torch.Tensor:

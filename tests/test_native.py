@@ -178,9 +178,13 @@ def test_a_fresh_cache_builds_once_and_is_reused(tmp_path):
     assert (tmp_path / built[0]).stat().st_mtime_ns == mtime
 
 
-def _record(model: torch.nn.Module, x: torch.Tensor, steps: int = 2, **options) -> dx.GradientMonitor:
+def _record(model: torch.nn.Module, x: torch.Tensor, steps: int = 2, arena_rows: int | None = None,
+            **options) -> dx.GradientMonitor:
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    with dx.GradientMonitor(model, **options) as mon:
+    mon = dx.GradientMonitor(model, **options)
+    if arena_rows is not None:
+        mon._arena_rows = arena_rows
+    with mon:
         for _ in range(steps):
             model(x).square().mean().backward()
             mon.step()
@@ -217,10 +221,13 @@ def test_the_monitor_records_the_same_statistics_through_either_path(switch, mon
     plain = _record(_net(), x, **options)
     assert fused.store.meta(fused.run_id)["reductions"] == "fused"
     assert plain.store.meta(plain.run_id)["reductions"] == "pytorch"
-    a, b = fused.frame(), plain.frame()
-    assert list(a["layer"]) == list(b["layer"])
-    np.testing.assert_allclose(a[STAT_COLUMNS].to_numpy(float), b[STAT_COLUMNS].to_numpy(float),
-                               rtol=1e-5, atol=1e-7)
+    assert_same_statistics(fused.frame(), plain.frame())
+
+
+def assert_same_statistics(got, want, rtol: float = 1e-5) -> None:
+    assert list(got["layer"]) == list(want["layer"])
+    np.testing.assert_allclose(got[STAT_COLUMNS].to_numpy(float), want[STAT_COLUMNS].to_numpy(float),
+                               rtol=rtol, atol=1e-7)
 
 
 def test_a_full_arena_hands_the_rest_of_the_step_to_pytorch_and_grows():
@@ -228,19 +235,9 @@ def test_a_full_arena_hands_the_rest_of_the_step_to_pytorch_and_grows():
     torch.manual_seed(1)
     reference = _record(_net(), x).frame()
     torch.manual_seed(1)
-    model = _net()
-    mon = dx.GradientMonitor(model)
-    mon._arena_rows = 3                      # room for 3 of the 14 reductions per step
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    with mon:
-        for _ in range(2):
-            model(x).square().mean().backward()
-            mon.step()
-            opt.step()
-            opt.zero_grad()
+    mon = _record(_net(), x, arena_rows=3)   # room for 3 of the 14 reductions per step
     assert mon._arena_rows == 12             # doubled after each overflowing step: 3 -> 6 -> 12
-    np.testing.assert_allclose(mon.frame()[STAT_COLUMNS].to_numpy(float), reference[STAT_COLUMNS].to_numpy(float),
-                               rtol=1e-5, atol=1e-7)
+    assert_same_statistics(mon.frame(), reference)
 
 
 def test_channels_last_outputs_take_the_pytorch_path_with_the_same_values():
@@ -250,8 +247,7 @@ def test_channels_last_outputs_take_the_pytorch_path_with_the_same_values():
     torch.manual_seed(1)
     model = _net().to(memory_format=torch.channels_last)
     got = _record(model, x.to(memory_format=torch.channels_last)).frame()
-    np.testing.assert_allclose(got[STAT_COLUMNS].to_numpy(float), reference[STAT_COLUMNS].to_numpy(float),
-                               rtol=1e-4, atol=1e-7)
+    assert_same_statistics(got, reference, rtol=1e-4)
 
 
 def test_a_nan_through_the_fused_path_is_reported_at_its_layer():
