@@ -2,7 +2,7 @@
 
 The pure-PyTorch reductions in :mod:`diagnostics.stats` read a tensor once per statistic. On CPU, where the
 monitor's cost is the bytes it reads, one fused pass per tensor lowers the overhead of recording every
-statistic at every step from about 1.3× to about 1.2× on resnet18 (``benchmarks/monitor_overhead.py``).
+statistic at every step from about 1.34× to 1.10–1.17× on resnet18 (``benchmarks/monitor_overhead.py``).
 
 The library is compiled once per source version into a cache folder (``$DIAGNOSTICS_CACHE_DIR``, else
 ``$XDG_CACHE_HOME/gradient-flow-diagnostics``, else ``~/.cache/gradient-flow-diagnostics``) and linked against
