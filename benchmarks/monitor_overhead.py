@@ -3,10 +3,11 @@
 Each configuration is timed in alternation with the un-monitored baseline: one block of steps with the monitor,
 one without, repeated; the printed ratio is the median of the per-pair ratios, with the spread (min-max).
 
-Configurations: all statistics (every step, with ``optimizer=``, ``every=10``, and with PyTorch reductions only,
-``fused=False``, for comparison with the default fused one-pass kernels of ``diagnostics.native``); the
-weight-gradient statistics alone (``activations=False, weight_norms=False``); weight gradients and weight norms
-(``activations=False``).
+Configurations: all statistics (every step, ``every=10``, and with PyTorch reductions only, ``fused=False``, for
+comparison with the default fused one-pass kernels of ``diagnostics.native``); the weight-gradient statistics
+alone (``activations=False, weight_norms=False``); weight gradients and weight norms (``activations=False``).
+The main ones also with ``optimizer=`` (update ratios: a copy of the weights before each recorded optimizer step;
+the optimizer keeps weight norms on, since the ratio divides by them).
 
 Run: .venv/bin/python benchmarks/monitor_overhead.py [--pairs 7] [--block 10] [--only "weight"]
 """
@@ -28,7 +29,8 @@ import diagnostics as dx  # noqa: E402
 from diagnostics import native  # noqa: E402
 
 TARGETS = {"all statistics, every step": 1.20, "all statistics, every step, optimizer=": None,
-           "all statistics, every step, fused=False": None,
+           "all statistics, every step, fused=False": None, "weight-gradient statistics, optimizer=": None,
+           "all statistics, every=10, optimizer=": None,
            "weight-gradient statistics alone": 1.10, "weight gradients and weight norms": None,
            "all statistics, every=10": 1.05}
 
@@ -95,8 +97,11 @@ if __name__ == "__main__":
             "all statistics, every step, optimizer=": {"with_optimizer": True},
             "all statistics, every step, fused=False": {"fused": False},
             "weight-gradient statistics alone": {"activations": False, "weight_norms": False},
+            "weight-gradient statistics, optimizer=": {"activations": False, "weight_norms": False,
+                                                       "with_optimizer": True},
             "weight gradients and weight norms": {"activations": False},
             "all statistics, every=10": {"every": 10},
+            "all statistics, every=10, optimizer=": {"every": 10, "with_optimizer": True},
         }
         for name, options in configs.items():
             if args.only not in name:

@@ -20,6 +20,7 @@ import ctypes
 import hashlib
 import logging
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -35,7 +36,7 @@ log = logging.getLogger(__name__)
 SOURCE = Path(__file__).with_name("csrc") / "fused_sums.c"
 
 #: Compiler flags; on x86-64, 512-bit vectors where the loader picks the AVX-512 clone (GCC prefers 256).
-CFLAGS = ["-O3", "-fopenmp", "-fPIC"] + (["-mprefer-vector-width=512"] if os.uname().machine == "x86_64" else [])
+CFLAGS = ["-O3", "-fopenmp", "-fPIC"] + (["-mprefer-vector-width=512"] if platform.machine() == "x86_64" else [])
 
 _SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
 _lock = threading.Lock()
@@ -103,7 +104,7 @@ def _load() -> ctypes.CDLL:
         raise RuntimeError("this PyTorch build does not use OpenMP")
     before = _loaded_gomp()
     gomp = _torch_gomp(before)
-    key = hashlib.sha256("\0".join([SOURCE.read_text(), *CFLAGS, gomp, sys.platform, os.uname().machine])
+    key = hashlib.sha256("\0".join([SOURCE.read_text(), *CFLAGS, gomp, sys.platform, platform.machine()])
                          .encode()).hexdigest()[:16]
     target = _cache_dir() / f"fused_sums-{key}.so"
     if not target.exists():
