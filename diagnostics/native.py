@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -90,9 +91,16 @@ def _compile(gomp: str, target: Path) -> None:
             if done.returncode != 0:
                 raise RuntimeError(f"`{' '.join(cmd)}` failed: {(done.stderr or done.stdout).strip()[-400:]}")
         os.replace(lib, target)                     # another process may build the same file: last one wins
-    for old in target.parent.glob("fused_sums-*.so"):  # builds of older sources (a loaded one stays mapped)
-        if old != target:
-            old.unlink(missing_ok=True)
+
+
+def _remove_stale_builds(keep: Path) -> None:
+    """Delete builds of other sources made over a day ago (a checkout of another version may still use its own)."""
+    for old in keep.parent.glob("fused_sums-*.so"):
+        try:
+            if old != keep and time.time() - old.stat().st_mtime > 86400:
+                old.unlink()
+        except OSError:
+            pass
 
 
 def _load() -> ctypes.CDLL:
@@ -110,6 +118,7 @@ def _load() -> ctypes.CDLL:
     if not target.exists():
         _compile(gomp, target)
     lib = ctypes.CDLL(str(target))
+    _remove_stale_builds(target)
     added = sorted(set(_loaded_gomp()) - set(before))
     if added:                                       # it brought an OpenMP runtime of its own: never use it
         raise RuntimeError(f"the built library loaded another libgomp ({added}) instead of PyTorch's ({gomp})")
