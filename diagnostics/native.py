@@ -117,7 +117,11 @@ def _load() -> ctypes.CDLL:
     target = _cache_dir() / f"fused_sums-{key}.so"
     if not target.exists():
         _compile(gomp, target)
-    lib = ctypes.CDLL(str(target))
+    try:
+        lib = ctypes.CDLL(str(target))
+    except OSError:                                 # a damaged cached build: make it again, once
+        _compile(gomp, target)
+        lib = ctypes.CDLL(str(target))
     _remove_stale_builds(target)
     added = sorted(set(_loaded_gomp()) - set(before))
     if added:                                       # it brought an OpenMP runtime of its own: never use it

@@ -178,6 +178,14 @@ def test_a_fresh_cache_builds_once_and_is_reused(tmp_path):
     assert (tmp_path / built[0]).stat().st_mtime_ns == mtime
 
 
+def test_a_damaged_cached_build_is_rebuilt(tmp_path):
+    _fresh_python({"DIAGNOSTICS_CACHE_DIR": str(tmp_path)}, STATUS)
+    (built,) = tmp_path.glob("fused_sums-*.so")
+    built.write_bytes(b"not a shared library")
+    out = _fresh_python({"DIAGNOSTICS_CACHE_DIR": str(tmp_path)}, STATUS)
+    assert out.startswith("True") and built.read_bytes()[:4] == b"\x7fELF"
+
+
 def _record(model: torch.nn.Module, x: torch.Tensor, steps: int = 2, arena_rows: int | None = None,
             **options) -> dx.GradientMonitor:
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
