@@ -15,6 +15,8 @@ import torch
 import diagnostics as dx
 from diagnostics import native
 
+from .conftest import require_fused_kernels
+
 CHUNK, BLOCK, LANES = 16384, 2048, 32      # the constants of fused_sums.c: lengths around them are the edges
 LENGTHS = [1, LANES - 1, LANES, LANES + 1, BLOCK - 1, BLOCK + 1, CHUNK - 1, CHUNK, CHUNK + 1, 5 * CHUNK + 77]
 
@@ -22,10 +24,7 @@ LENGTHS = [1, LANES - 1, LANES, LANES + 1, BLOCK - 1, BLOCK + 1, CHUNK - 1, CHUN
 @pytest.fixture(autouse=True)
 def _kernels():
     native.reset()
-    if native.kernels() is None:
-        if os.environ.get("CI"):
-            pytest.fail(f"CI has a C compiler, so the fused kernels must build: {native.status()}")
-        pytest.skip(f"fused kernels unavailable here: {native.status()}")
+    require_fused_kernels()
     yield
     native.reset()
 
