@@ -25,7 +25,7 @@ import plotly.graph_objects as go
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import diagnostics as dx  # noqa: E402
-from diagnostics.stats import HIST_EDGES  # noqa: E402
+from diagnostics.recording.stats import HIST_EDGES  # noqa: E402
 from diagnostics.views import CachedLoader, FlowOptions, gradient_flow_view  # noqa: E402
 
 

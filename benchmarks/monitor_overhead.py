@@ -26,7 +26,7 @@ import torchvision
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import diagnostics as dx  # noqa: E402
-from diagnostics import native  # noqa: E402
+from diagnostics.recording import native  # noqa: E402
 
 TARGETS = {"all statistics, every step": 1.20, "all statistics, every step, optimizer=": None,
            "all statistics, every step, fused=False": None, "weight-gradient statistics, optimizer=": None,

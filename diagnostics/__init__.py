@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from . import stats
+from .recording import stats
 from .errors import CheckpointError, DiagnosticsError, MonitorError, NonFiniteGradientError, StoreError
-from .monitor import GradientMonitor
+from .recording import GradientMonitor
 from .store import RunStore, RunWriter
 from .checkpoint import Checkpoint, load_checkpoint
 from .architecture import BuiltModel, build_model, rebuild

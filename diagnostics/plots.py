@@ -10,7 +10,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from .flow import HistogramMatrix, StatMatrix, downsample, first_last_ratio, step_buckets
-from .stats import STAT_LABELS
+from .recording.stats import STAT_LABELS
 
 #: Okabe–Ito colours (distinguishable with the common colour-vision deficiencies), black replaced by grey so
 #: that lines read on the dark theme too.

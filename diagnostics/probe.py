@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from .errors import CheckpointError, DiagnosticsError
-from .monitor import GradientMonitor
+from .recording import GradientMonitor
 from .store import RunStore
 
 LOSSES = ("cross_entropy", "sum_of_squares")

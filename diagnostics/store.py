@@ -42,7 +42,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from .errors import StoreError
-from .stats import HIST_COLUMNS, LAYER_COLUMNS, PARAM_COLUMNS, STEP_COLUMNS
+from .recording.stats import HIST_COLUMNS, LAYER_COLUMNS, PARAM_COLUMNS, STEP_COLUMNS
 
 SCHEMA_VERSION = 1
 TABLES: tuple[str, ...] = ("layers", "steps", "params", "hist")

@@ -25,7 +25,7 @@ from torch import nn
 from .data import DataSplit, load_dataset
 from .errors import DiagnosticsError
 from .models import VARIANTS, CNNConfig, build_cnn, save_checkpoint, variant_config
-from .monitor import GradientMonitor
+from .recording import GradientMonitor
 from .store import RunStore
 
 #: The default comparison: all four standard variants.

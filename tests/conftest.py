@@ -17,7 +17,7 @@ def _seed() -> None:
 
 def require_fused_kernels() -> None:
     """Skip the calling test where the fused kernels cannot be built; fail instead in CI, which has a compiler."""
-    from diagnostics import native
+    from diagnostics.recording import native
 
     if native.kernels() is None:
         if os.environ.get("CI"):
@@ -31,7 +31,7 @@ def reductions(request, monkeypatch) -> str:
 
     The fused run fails in CI (which has a C compiler) when the kernels cannot be built, and skips elsewhere.
     """
-    from diagnostics import native
+    from diagnostics.recording import native
 
     if request.param == "pytorch":
         monkeypatch.setenv("DIAGNOSTICS_NATIVE", "0")

@@ -36,8 +36,8 @@ import torch
 from torch import nn
 
 from . import native, stats
-from .errors import MonitorError, NonFiniteGradientError
-from .store import ColumnBuffer, RunStore, RunWriter
+from ..errors import MonitorError, NonFiniteGradientError
+from ..store import ColumnBuffer, RunStore, RunWriter
 
 #: Modules (a monitored model and all its submodules) that have a monitor attached; weak references only.
 _ATTACHED: weakref.WeakSet[nn.Module] = weakref.WeakSet()
@@ -454,7 +454,7 @@ class GradientMonitor:
             self._writer = self.store.create_run(self.run_name, meta, flush_every=self._flush_every)
             self.run_id = self._writer.run_id
         else:
-            from .store import new_run_id
+            from ..store import new_run_id
 
             self.run_id = new_run_id(self.run_name)
 

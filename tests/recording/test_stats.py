@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from diagnostics import stats
+from diagnostics.recording import stats
 
 
 def test_activation_sums_by_hand():

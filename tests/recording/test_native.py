@@ -13,9 +13,9 @@ import pytest
 import torch
 
 import diagnostics as dx
-from diagnostics import native
+from diagnostics.recording import native
 
-from .conftest import require_fused_kernels
+from tests.conftest import require_fused_kernels
 
 CHUNK, BLOCK, LANES = 16384, 2048, 32      # the constants of fused_sums.c: lengths around them are the edges
 LENGTHS = [1, LANES - 1, LANES, LANES + 1, BLOCK - 1, BLOCK + 1, CHUNK - 1, CHUNK, CHUNK + 1, 5 * CHUNK + 77]
@@ -142,12 +142,12 @@ def _fresh_python(env: dict[str, str], code: str) -> str:
     return done.stdout.strip()
 
 
-STATUS = "from diagnostics import native; print(native.kernels() is not None, '|', native.status())"
+STATUS = "from diagnostics.recording import native; print(native.kernels() is not None, '|', native.status())"
 
 
 def test_the_library_shares_pytorchs_openmp_runtime_beside_other_copies(tmp_path):
     # scikit-learn loads a renamed libgomp of its own first; the library must still bind to PyTorch's.
-    code = ("import sklearn.datasets, torch\nfrom diagnostics import native\n"
+    code = ("import sklearn.datasets, torch\nfrom diagnostics.recording import native\n"
             "before = native._loaded_gomp()\nassert native.kernels() is not None, native.status()\n"
             "assert native._loaded_gomp() == before\nprint(len(before), native._torch_gomp(before))")
     out = _fresh_python({"DIAGNOSTICS_CACHE_DIR": str(tmp_path)}, code)

@@ -13,9 +13,9 @@ import torchvision
 from torch import nn
 
 import diagnostics as dx
-from diagnostics.stats import LAYER_COLUMNS, PARAM_COLUMNS, STEP_COLUMNS
+from diagnostics.recording.stats import LAYER_COLUMNS, PARAM_COLUMNS, STEP_COLUMNS
 
-from .conftest import hook_state
+from tests.conftest import hook_state
 
 
 def small_cnn() -> nn.Sequential:
