@@ -26,9 +26,9 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import diagnostics as dx  # noqa: E402
-from diagnostics.data import load_digits  # noqa: E402
-from diagnostics.models import VARIANTS, build_cnn, variant_config  # noqa: E402
-from diagnostics.training import TrainConfig, flush_denormals  # noqa: E402
+from diagnostics.experiments.data import load_digits  # noqa: E402
+from diagnostics.experiments.models import VARIANTS, build_cnn, variant_config  # noqa: E402
+from diagnostics.experiments.training import TrainConfig, flush_denormals  # noqa: E402
 
 
 def make(variant: str, data: dx.DataSplit):

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import diagnostics as dx  # noqa: E402
 from diagnostics.recording.stats import HIST_EDGES  # noqa: E402
-from diagnostics.views import CachedLoader, FlowOptions, gradient_flow_view  # noqa: E402
+from diagnostics.views.gradient_flow import CachedLoader, FlowOptions, gradient_flow_view  # noqa: E402
 
 
 def synthetic_run(store: dx.RunStore, layers: int, steps: int, chunk: int = 500) -> str:

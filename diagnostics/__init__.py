@@ -6,12 +6,12 @@ from .recording import stats
 from .errors import CheckpointError, DiagnosticsError, MonitorError, NonFiniteGradientError, StoreError
 from .recording import GradientMonitor
 from .store import RunStore, RunWriter
-from .checkpoint import Checkpoint, load_checkpoint
-from .architecture import BuiltModel, build_model, rebuild
-from .probe import ProbeError, ProbeResult, probe
-from .data import DataError, DataSplit, load_dataset
-from .models import CNNConfig, ModelConfigError, build_cnn, load_project_checkpoint, save_checkpoint, variant_config
-from .training import ComparisonJob, TrainConfig, TrainingError, compare
+from .checkpoints.loading import Checkpoint, load_checkpoint
+from .checkpoints.architecture import BuiltModel, build_model, rebuild
+from .checkpoints.probe import ProbeError, ProbeResult, probe
+from .experiments.data import DataError, DataSplit, load_dataset
+from .experiments.models import CNNConfig, ModelConfigError, build_cnn, load_project_checkpoint, save_checkpoint, variant_config
+from .experiments.training import ComparisonJob, TrainConfig, TrainingError, compare
 
 __version__ = "0.1.0"
 

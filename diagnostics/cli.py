@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from .errors import CheckpointError, DiagnosticsError
-from .export import FORMATS, export_run
+from .views.export import FORMATS, export_run
 from .store import RunStore
 
 
@@ -49,8 +49,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     """Train the variants with a tqdm progress bar, then print the summary table (rank 0 only under DDP)."""
     from tqdm import tqdm
 
-    from .comparison import load_comparison, summarize
-    from .training import compare, in_torchrun
+    from .experiments.comparison import load_comparison, summarize
+    from .experiments.training import compare, in_torchrun
 
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     rank0 = not in_torchrun() or os.environ.get("RANK") == "0"
@@ -102,9 +102,9 @@ def _model_for_check(name_or_path: str, input_size: int, seed: int):
     """``(model, example input, description)`` for ``check --model``: a checkpoint file or a torchvision name."""
     import torch
 
-    from .architecture import rebuild
-    from .checkpoint import load_checkpoint
-    from .checks_view import make_input
+    from .checkpoints.architecture import rebuild
+    from .checkpoints.loading import load_checkpoint
+    from .views.checks import make_input
 
     path = Path(name_or_path).expanduser()
     looks_like_path = path.suffix in (".pt", ".pth", ".ckpt", ".bin", ".safetensors") or os.sep in name_or_path
@@ -144,7 +144,7 @@ def _print_check_report(report: pd.DataFrame, keys: Sequence[str]) -> None:
 def cmd_check(args: argparse.Namespace) -> int:
     """Check the manual backward rules against autograd (and finite differences); 1 on any failure, 2 on errors."""
     from . import manual
-    from .checks_view import EXAMPLES, check_examples, single_thread
+    from .views.checks import EXAMPLES, check_examples, single_thread
 
     module = args.module.lower() if args.module else ("all" if args.model is None else None)
     if module is not None and module != "all" and module not in EXAMPLES:
@@ -196,9 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--store", default="runs", help="run store directory (default: ./runs)")
     export.set_defaults(func=cmd_export)
 
-    from .data import DATASETS
-    from .models import ACTIVATIONS, INITS, VARIANTS
-    from .training import OPTIMIZERS, TrainConfig
+    from .experiments.data import DATASETS
+    from .experiments.models import ACTIVATIONS, INITS, VARIANTS
+    from .experiments.training import OPTIMIZERS, TrainConfig
 
     defaults = TrainConfig()
     comp = sub.add_parser("compare", help="train CNN variants under identical conditions and compare their "

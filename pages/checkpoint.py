@@ -3,7 +3,7 @@
 import streamlit as st
 
 import diagnostics as dx
-from diagnostics.probe import folder_batch
+from diagnostics.checkpoints.probe import folder_batch
 from ui.checkpoint import batch_from_upload, load_sources, show_probes, show_recognition
 from ui.common import require_router, store_root
 

@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from diagnostics.checks_view import (CONV_OUTPUT_SIZE, LAYERS, TRANSPOSE_OUTPUT_SIZE, LayerOptionsError, build_layer,
+from diagnostics.views.checks import (CONV_OUTPUT_SIZE, LAYERS, TRANSPOSE_OUTPUT_SIZE, LayerOptionsError, build_layer,
                                      conv_output_table, formulas, gradient_figure, selector_sizes)
 from diagnostics.manual import IMPLS
 from ui.checks import cached_check, cached_duality, input_shape_widgets, layer_options

@@ -2,8 +2,8 @@
 
 import streamlit as st
 
-from diagnostics import compare_plots as plots
-from diagnostics.comparison import describe, first_last_ratio, summarize
+from diagnostics.views import compare_figures as plots
+from diagnostics.experiments.comparison import describe, first_last_ratio, summarize
 from ui.common import require_router, show_error, store_root
 from ui.compare import GROUP_KEY, JOB_KEY, comparison_data, past_comparisons, progress_panel, settings_form, start_job
 

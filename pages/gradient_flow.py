@@ -2,9 +2,9 @@
 
 import streamlit as st
 
-from diagnostics.flow import FLOW_STATISTICS, layers_with_values
-from diagnostics.plots import label, run_colors
-from diagnostics.views import FlowOptions, default_trend_layers, gradient_flow_view
+from diagnostics.views.matrices import FLOW_STATISTICS, layers_with_values
+from diagnostics.views.figures import label, run_colors
+from diagnostics.views.gradient_flow import FlowOptions, default_trend_layers, gradient_flow_view
 from ui.common import require_router, StreamlitLoader, load_runs, pick_runs, run_labels, show_error, store_root
 from ui.flow import export_section, show_findings, threshold_inputs
 

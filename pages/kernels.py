@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from diagnostics.kernels import kernel_page, page_count
-from diagnostics.plots import kernel_grid_figure
+from diagnostics.views.kernels import kernel_page, page_count
+from diagnostics.views.figures import kernel_grid_figure
 from ui.common import (kernel_snapshot, kernel_steps, load_runs, pick_runs, require_router, run_signature,
                        show_error, store_root)
 

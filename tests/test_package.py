@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_import_diagnostics_does_not_import_streamlit():
-    code = ("import sys, diagnostics, diagnostics.cli, diagnostics.export; "
+    code = ("import sys, diagnostics, diagnostics.cli, diagnostics.views.export; "
             "bad = sorted(m for m in sys.modules if m.split('.')[0] == 'streamlit'); "
             "print(bad); raise SystemExit(1 if bad else 0)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)

@@ -10,11 +10,11 @@ import pandas as pd
 import streamlit as st
 
 import diagnostics as dx
-from diagnostics.architecture import Recognition, conv_kernels, layer_table, recognise, weight_summary
-from diagnostics.checkpoint import load_checkpoint
-from diagnostics.flow import depth_profile, stat_matrix_from_frame
-from diagnostics.plots import depth_figure, kernel_grid_figure, run_colors
-from diagnostics.probe import Batch, load_batch_file
+from diagnostics.checkpoints.architecture import Recognition, conv_kernels, layer_table, recognise, weight_summary
+from diagnostics.checkpoints.loading import load_checkpoint
+from diagnostics.views.matrices import depth_profile, stat_matrix_from_frame
+from diagnostics.views.figures import depth_figure, kernel_grid_figure, run_colors
+from diagnostics.checkpoints.probe import Batch, load_batch_file
 
 
 @st.cache_resource(show_spinner="Loading the checkpoint safely…", max_entries=8)

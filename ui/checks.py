@@ -6,7 +6,7 @@ from typing import Any
 
 import streamlit as st
 
-from diagnostics.checks_view import (LAYERS, PADDING_MODES, CheckResult, Duality, build_layer, check_layer,
+from diagnostics.views.checks import (LAYERS, PADDING_MODES, CheckResult, Duality, build_layer, check_layer,
                                      input_shape, make_input, transpose_duality)
 
 
@@ -106,11 +106,11 @@ def layer_options(layer: str, channels: int) -> dict[str, Any]:
     """Every constructor option of a layer type, as widgets (keys ``chk_<layer>_<option>``).
 
     Args:
-        layer: A key of :data:`~diagnostics.checks_view.LAYERS`.
+        layer: A key of :data:`~diagnostics.views.checks.LAYERS`.
         channels: The input's channels (for depthwise convolutions).
 
     Returns:
-        The options for :func:`~diagnostics.checks_view.build_layer`.
+        The options for :func:`~diagnostics.views.checks.build_layer`.
     """
     spec = LAYERS[layer]
     d, k, dims = spec.defaults, f"chk_{layer}", (1 if spec.layout == "NCL" else 2)
@@ -147,10 +147,10 @@ def input_shape_widgets(layer: str) -> tuple[int, ...]:
     """The input's shape (keys ``chk_batch``, ``chk_channels``, ``chk_height``, ``chk_width``).
 
     Args:
-        layer: A key of :data:`~diagnostics.checks_view.LAYERS`.
+        layer: A key of :data:`~diagnostics.views.checks.LAYERS`.
 
     Returns:
-        The shape for :func:`~diagnostics.checks_view.check_layer`.
+        The shape for :func:`~diagnostics.views.checks.check_layer`.
     """
     spec = LAYERS[layer]
     channel_label = {"in_channels": "Channels (in_channels)", "in_features": "Features (in_features)",
@@ -171,11 +171,11 @@ def input_shape_widgets(layer: str) -> tuple[int, ...]:
 
 @st.cache_data(show_spinner="Checking the manual gradients…", max_entries=64)
 def cached_check(layer: str, options: dict[str, Any], shape: tuple[int, ...], impl: str, seed: int) -> CheckResult:
-    """:func:`~diagnostics.checks_view.check_layer`, cached by its arguments (errors are not cached)."""
+    """:func:`~diagnostics.views.checks.check_layer`, cached by its arguments (errors are not cached)."""
     return check_layer(layer, options, shape, impl=impl, seed=seed)
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def cached_duality(layer: str, options: dict[str, Any], shape: tuple[int, ...], seed: int) -> Duality:
-    """:func:`~diagnostics.checks_view.transpose_duality` of the layer on the page's input, cached."""
+    """:func:`~diagnostics.views.checks.transpose_duality` of the layer on the page's input, cached."""
     return transpose_duality(build_layer(layer, options, shape[1], seed), make_input(shape, seed), seed)

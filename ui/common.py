@@ -105,21 +105,21 @@ def run_signature(root: str, run: str) -> int:
 
 @st.cache_resource(show_spinner=False, max_entries=128)
 def _stat_matrix(root: str, run: str, stat: str, signature: int):
-    from diagnostics.flow import load_stat_matrix
+    from diagnostics.views.matrices import load_stat_matrix
 
     return load_stat_matrix(dx.RunStore(root), run, stat)
 
 
 @st.cache_resource(show_spinner=False, max_entries=64)
 def _step_frame(root: str, run: str, signature: int) -> pd.DataFrame:
-    from diagnostics.views import StoreLoader
+    from diagnostics.views.gradient_flow import StoreLoader
 
     return StoreLoader(dx.RunStore(root)).step_frame(run)
 
 
 @st.cache_resource(show_spinner=False, max_entries=64)
 def _histograms(root: str, run: str, layer: str, kind: str, signature: int):
-    from diagnostics.flow import load_histograms
+    from diagnostics.views.matrices import load_histograms
 
     return load_histograms(dx.RunStore(root), run, layer, kind)
 

@@ -8,10 +8,10 @@ import pandas as pd
 import streamlit as st
 
 import diagnostics as dx
-from diagnostics.comparison import ComparisonData, comparison_runs, comparisons, load_comparison
-from diagnostics.data import DATASETS
-from diagnostics.models import ACTIVATIONS, INITS, VARIANTS
-from diagnostics.training import ComparisonJob, TrainConfig
+from diagnostics.experiments.comparison import ComparisonData, comparison_runs, comparisons, load_comparison
+from diagnostics.experiments.data import DATASETS
+from diagnostics.experiments.models import ACTIVATIONS, INITS, VARIANTS
+from diagnostics.experiments.training import ComparisonJob, TrainConfig
 
 from .common import _store_signature
 

@@ -10,10 +10,10 @@ from pathlib import Path
 import streamlit as st
 
 import diagnostics as dx
-from diagnostics.export import export_run
-from diagnostics.findings import Thresholds
-from diagnostics.report import html_report
-from diagnostics.views import FlowView
+from diagnostics.views.export import export_run
+from diagnostics.views.diagnosis import Thresholds
+from diagnostics.views.report import html_report
+from diagnostics.views.gradient_flow import FlowView
 
 SEVERITY = {"error": st.error, "warning": st.warning, "info": st.info}
 

@@ -7,9 +7,9 @@ adds its parameter gradients to the result. The backward pass calls those closur
 * ``nn.Sequential``: ``dL/dX`` of the whole is the composition of the children's, last child first.
 * :class:`Residual`: ``y = body(x) + shortcut(x)``, so ``dL/dx = body'(x)^T dL/dy + shortcut'(x)^T dL/dy``:
   the skip path's gradient is added to the branch's.
-* :class:`diagnostics.models.ConvBlock`: ``y = act(h)`` with ``h = bn(conv(x)) [+ x]``; with ``g = act'(h)^T
+* :class:`diagnostics.experiments.models.ConvBlock`: ``y = act(h)`` with ``h = bn(conv(x)) [+ x]``; with ``g = act'(h)^T
   dL/dy``, ``dL/dx = conv'(x)^T bn'^T g [+ g]``: a residual block adds the skip path's ``g`` to the branch's.
-* :class:`diagnostics.models.CNN`: ``head(flatten(pool(blocks(x))))``, walked in that order.
+* :class:`diagnostics.experiments.models.CNN`: ``head(flatten(pool(blocks(x))))``, walked in that order.
 * A parameter used by several layers (or a layer used several times) gets the sum of its gradients.
 """
 
@@ -24,7 +24,7 @@ from .errors import ManualGradError, UnsupportedModuleError
 from .registry import IMPLS, checked_output_shape, module_state, rule_for, run_rule
 from .shape import flatten_grad_input
 
-CONTAINERS = "Sequential, Residual, and diagnostics.models' CNN and ConvBlock"
+CONTAINERS = "Sequential, Residual, and diagnostics.experiments.models' CNN and ConvBlock"
 """The containers :func:`network_backward` walks, for messages."""
 
 
@@ -74,8 +74,8 @@ def _join(path: str, name: str) -> str:
 
 
 def _project_types() -> tuple[type[nn.Module], type[nn.Module]]:
-    """``(CNN, ConvBlock)`` of :mod:`diagnostics.models`, imported on use so this package stands on its own."""
-    from ..models import CNN, ConvBlock
+    """``(CNN, ConvBlock)`` of :mod:`diagnostics.experiments.models`, imported on use so this package stands on its own."""
+    from ..experiments.models import CNN, ConvBlock
 
     return CNN, ConvBlock
 
@@ -189,7 +189,7 @@ def network_backward(
 
     The network must be built from ``nn.Sequential`` (nested at will), :class:`Residual` and supported
     layers (:func:`~diagnostics.manual.supported_module_types`), or be (or contain) one of the project's
-    own CNNs (:func:`diagnostics.models.build_cnn`: ``CNN`` and its ``ConvBlock`` modules, every variant, 1-d and
+    own CNNs (:func:`diagnostics.experiments.models.build_cnn`: ``CNN`` and its ``ConvBlock`` modules, every variant, 1-d and
     2-d), whose forward methods are reproduced step by step. Containers are matched by exact type (a
     subclass may change forward). Batch norm uses the statistics its mode
     selects (batch statistics in training mode) but its running statistics are not updated; nothing in

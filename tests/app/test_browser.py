@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ..recorded import make_store
+from tests.recorded import make_store
 from .conftest import start_app
 
 pytestmark = pytest.mark.browser

@@ -9,7 +9,7 @@ from streamlit.testing.v1 import AppTest
 
 import diagnostics as dx
 
-from ..recorded import make_store
+from tests.recorded import make_store
 
 APP = str(Path(__file__).resolve().parents[2] / "app.py")
 

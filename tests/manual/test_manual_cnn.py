@@ -1,4 +1,4 @@
-"""manual.network_backward through the project's own CNN family (diagnostics.models), every variant."""
+"""manual.network_backward through the project's own CNN family (diagnostics.experiments.models), every variant."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import diagnostics.manual as manual
-from diagnostics.models import ACTIVATIONS, VARIANTS, CNN, ConvBlock, build_cnn, variant_config
+from diagnostics.experiments.models import ACTIVATIONS, VARIANTS, CNN, ConvBlock, build_cnn, variant_config
 
 from .support import assert_close_rel, assert_same_snapshot, module_snapshot
 

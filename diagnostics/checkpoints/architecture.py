@@ -1,0 +1,198 @@
+"""Rebuild the model a checkpoint's weights belong to: the project's CNN family or a torchvision classifier."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from .loading import Checkpoint
+from ..errors import CheckpointError
+
+#: torchvision classification families recognised from key names and shapes, with the keys that mark them.
+FAMILIES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    # family: (names to try, key prefixes that must all be present)
+    "resnet": (("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "wide_resnet50_2",
+                "wide_resnet101_2", "resnext50_32x4d", "resnext101_32x8d", "resnext101_64x4d"),
+               ("layer1.0.conv1.weight", "fc.weight")),
+    "vgg": (("vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn"),
+            ("features.0.weight", "classifier.6.weight")),
+    "densenet": (("densenet121", "densenet161", "densenet169", "densenet201"),
+                 ("features.denseblock1.denselayer1.conv1.weight", "classifier.weight")),
+    "mobilenet_v2": (("mobilenet_v2",), ("features.1.conv.0.0.weight", "classifier.1.weight")),
+    "mobilenet_v3": (("mobilenet_v3_small", "mobilenet_v3_large"),
+                     ("features.1.block.0.0.weight", "classifier.3.weight")),
+    "efficientnet": (("efficientnet_b0", "efficientnet_b1", "efficientnet_b2", "efficientnet_b3", "efficientnet_b4",
+                      "efficientnet_b5", "efficientnet_b6", "efficientnet_b7", "efficientnet_v2_s",
+                      "efficientnet_v2_m", "efficientnet_v2_l"),
+                     ("features.1.0.block.0.0.weight", "classifier.1.weight")),
+}
+
+
+@dataclass
+class Candidate:
+    """How well a state_dict fits one architecture."""
+
+    name: str
+    num_classes: int
+    missing: list[str] = field(default_factory=list)        # expected by the model, absent from the file
+    unexpected: list[str] = field(default_factory=list)     # in the file, unknown to the model
+    mismatched: list[str] = field(default_factory=list)     # present in both with different shapes
+
+    @property
+    def exact(self) -> bool:
+        return not (self.missing or self.unexpected or self.mismatched)
+
+    @property
+    def errors(self) -> int:
+        return len(self.missing) + len(self.unexpected) + len(self.mismatched)
+
+
+def head_classes(state: dict[str, torch.Tensor]) -> int:
+    """Number of classes from the classifier head: the output size of the last 2-D weight."""
+    for key in reversed(list(state)):
+        if key.endswith("weight") and state[key].dim() == 2:
+            return int(state[key].shape[0])
+    return 1000
+
+
+def _candidates_for(state: dict[str, torch.Tensor]) -> list[str]:
+    hinted = [names for names, markers in FAMILIES.values() if all(m in state for m in markers)]
+    if hinted:
+        return [n for names in hinted for n in names]
+    return [n for names, _ in FAMILIES.values() for n in names]
+
+
+def score(name: str, state: dict[str, torch.Tensor], num_classes: int) -> Candidate:
+    """Compare a state_dict with torchvision's ``name`` built on the meta device (no memory, no weights)."""
+    import torchvision  # imported on use: it adds a second to `import diagnostics`
+
+    with torch.device("meta"):
+        model = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in state.items()}
+    return Candidate(name, num_classes,
+                     missing=sorted(set(expected) - set(got)), unexpected=sorted(set(got) - set(expected)),
+                     mismatched=sorted(k for k in set(expected) & set(got) if expected[k] != got[k]))
+
+
+def match_torchvision(state: dict[str, torch.Tensor]) -> list[Candidate]:
+    """Every plausible torchvision classifier for the weights, best fit first."""
+    num_classes = head_classes(state)
+    return sorted((score(n, state, num_classes) for n in _candidates_for(state)), key=lambda c: c.errors)
+
+
+@dataclass
+class BuiltModel:
+    """A rebuilt model and where its architecture came from."""
+
+    model: nn.Module
+    architecture: str               # e.g. "resnet18" or "project CNN (residual+batchnorm, depth 20)"
+    input_shape: tuple[int, ...]    # (C, H, W) or (C, L) a probe feeds it
+    config: dict | None = None
+
+
+def build_model(ckpt: Checkpoint) -> nn.Module:
+    """The model of a checkpoint: its architecture rebuilt and its weights loaded strictly (see :func:`rebuild`).
+
+    Raises:
+        CheckpointError: The architecture is unknown or the weights do not fit it.
+    """
+    return rebuild(ckpt).model
+
+
+def rebuild(ckpt: Checkpoint) -> BuiltModel:
+    """Rebuild the architecture of a checkpoint and load its weights (strictly), with a description.
+
+    Raises:
+        CheckpointError: The architecture is unknown; the message lists the closest candidates with their
+            missing and unexpected keys.
+    """
+    if ckpt.architecture is not None:
+        from ..experiments.models import CNNConfig, ModelConfigError, build_cnn
+
+        try:
+            config = CNNConfig.from_dict(dict(ckpt.architecture))
+        except (TypeError, ModelConfigError) as exc:
+            raise CheckpointError(f"{ckpt.source}: the recorded architecture is invalid ({exc})") from None
+        model = build_cnn(config)
+        _load(model, ckpt)
+        shape = (config.in_channels,) + (config.input_size,) * config.dims
+        return BuiltModel(model, f"project CNN ({config.variant}, depth {config.depth}, {config.activation})",
+                          shape, config.to_dict())
+    candidates = match_torchvision(ckpt.state_dict)
+    exact = [c for c in candidates if c.exact]
+    if not exact:
+        closest = "; ".join(
+            f"{c.name}: {len(c.missing)} missing (e.g. {c.missing[:3]}), {len(c.unexpected)} unexpected "
+            f"(e.g. {c.unexpected[:3]}), {len(c.mismatched)} with other shapes (e.g. {c.mismatched[:2]})"
+            for c in candidates[:3])
+        raise CheckpointError(f"{ckpt.source}: the weights match no known architecture (this project's CNNs and "
+                              f"torchvision's resnet, vgg, densenet, mobilenet and efficientnet families). Closest: "
+                              f"{closest}. The weight-only views (norms, kernels) still work.")
+    best = exact[0]
+    import torchvision
+
+    model = torchvision.models.get_model(best.name, weights=None, num_classes=best.num_classes)
+    _load(model, ckpt)
+    return BuiltModel(model, best.name, (3, 224, 224))  # torchvision's ImageNet size; a probe may use less
+
+
+def _load(model: nn.Module, ckpt: Checkpoint) -> None:
+    try:
+        model.load_state_dict(ckpt.state_dict, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{ckpt.source}: the weights do not fit the architecture ({str(exc)[:500]})") from None
+
+
+def weight_summary(state: dict[str, torch.Tensor]) -> pd.DataFrame:
+    """Per-parameter weight statistics from the weights alone (no architecture needed)."""
+    rows = []
+    for i, (name, t) in enumerate(state.items()):
+        if not t.is_floating_point() or t.numel() == 0:
+            continue
+        x = t.detach().double()
+        layer, _, attr = name.rpartition(".")
+        rows.append({"order": i, "param": name, "layer": layer, "kind": attr, "shape": "x".join(map(str, t.shape)),
+                     "numel": t.numel(), "norm": float(x.norm()), "mean_abs": float(x.abs().mean()),
+                     "max_abs": float(x.abs().max()), "nonfinite": int((~torch.isfinite(x)).sum())})
+    return pd.DataFrame(rows)
+
+
+def conv_kernels(state: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    """Conv weights (3-D or 4-D tensors) by layer name, as float32 arrays for the kernel heatmaps."""
+    return {name.rpartition(".")[0]: t.detach().float().numpy() for name, t in state.items()
+            if name.endswith("weight") and t.dim() in (3, 4) and t.is_floating_point()}
+
+
+@dataclass
+class Recognition:
+    """What a checkpoint turned out to be, for display: the rebuilt model or why it could not be rebuilt."""
+
+    source: str
+    format: str
+    parameters: int
+    tensors: int
+    built: BuiltModel | None
+    problem: str | None
+    metadata: dict
+
+
+def recognise(ckpt: Checkpoint) -> Recognition:
+    """Try to rebuild the checkpoint's model; an unknown architecture is reported, not raised."""
+    try:
+        built, problem = rebuild(ckpt), None
+    except CheckpointError as exc:
+        built, problem = None, str(exc)
+    return Recognition(ckpt.source, ckpt.format, ckpt.parameter_count, len(ckpt.state_dict), built, problem,
+                       ckpt.metadata)
+
+
+def layer_table(model: nn.Module) -> pd.DataFrame:
+    """The model's leaf layers with their type and parameter count, in definition order."""
+    rows = [{"layer": name, "type": type(m).__name__, "parameters": sum(p.numel() for p in m.parameters(recurse=False))}
+            for name, m in model.named_modules() if next(m.children(), None) is None and name]
+    return pd.DataFrame(rows)

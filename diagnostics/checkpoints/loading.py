@@ -1,0 +1,296 @@
+"""Load a checkpoint file safely (never running code from it) and rebuild its architecture when it is known.
+
+Formats are recognised from the bytes, not the file name:
+
+* ``torch.save`` files (zip or legacy): read with ``torch.load(weights_only=True, map_location="cpu")``, never
+  retried without it. Harmless metadata classes (e.g. Lightning's hyper-parameter dict) load through an explicit
+  allowlist that maps them to plain containers; anything else the file would need is reported by name.
+* safetensors files: parsed here (the format is a JSON header and raw little-endian arrays, nothing to
+  execute); the tests check the reader against files written by the ``safetensors`` package.
+* TorchScript archives: refused by default (loading one runs its code); ``allow_torchscript=True`` opts in.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+import os
+import re
+import struct
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import CheckpointError
+
+#: Default largest file accepted (bytes); pass ``max_bytes`` to change it.
+DEFAULT_MAX_BYTES = 2 * 1024**3
+
+#: Keys under which training checkpoints commonly keep the model's weights, in the order they are tried.
+STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "net", "network", "module", "weights")
+
+_SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                       "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+                       "U8": torch.uint8, "BOOL": torch.bool}
+
+
+#: Classes a training checkpoint's metadata may hold, mapped to harmless stand-ins or themselves. Only these
+#: are ever allowed beyond what ``weights_only`` permits on its own; Lightning's attribute dicts become plain
+#: dicts (their module is never imported).
+SAFE_METADATA_GLOBALS: list[tuple[Any, str]] = [
+    (argparse.Namespace, "argparse.Namespace"),
+    (dict, "lightning.fabric.utilities.data.AttributeDict"),
+    (dict, "pytorch_lightning.utilities.parsing.AttributeDict"),
+    (dict, "lightning.pytorch.utilities.parsing.AttributeDict"),
+    (Path, "pathlib.PosixPath"),
+    (Path, "pathlib.WindowsPath"),
+]
+
+
+@dataclass
+class Checkpoint:
+    """What was found in a checkpoint file.
+
+    Attributes:
+        format: ``"state_dict"``, ``"training_checkpoint"``, ``"project_checkpoint"``, ``"safetensors"`` or
+            ``"torchscript"``.
+        state_dict: Parameter and buffer tensors only, prefixes such as ``module.`` / ``model.`` removed.
+        metadata: Everything else that was saved beside the weights (epoch, hyper-parameters, ...), without
+            tensors; optimizer state is summarised, not kept.
+        architecture: The project's CNN config (a dict) when the file is one of ours, else None.
+        stripped_prefix: The prefix removed from every key (``""`` if none).
+        source: A description of where it came from (file name).
+    """
+
+    format: str
+    state_dict: dict[str, torch.Tensor]
+    metadata: dict[str, Any] = field(default_factory=dict)
+    architecture: dict[str, Any] | None = None
+    stripped_prefix: str = ""
+    source: str = ""
+
+    @property
+    def parameter_count(self) -> int:
+        return int(sum(t.numel() for t in self.state_dict.values() if t.is_floating_point()))
+
+
+def _read_bytes(source: str | os.PathLike[str] | bytes | bytearray | memoryview | io.IOBase,
+                max_bytes: int) -> tuple[bytes, str]:
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        data = bytes(source)
+        name = "uploaded bytes"
+    elif hasattr(source, "read"):
+        data = source.read(max_bytes + 1)
+        name = getattr(source, "name", "uploaded file")
+    else:
+        path = Path(source).expanduser()
+        name = path.name
+        if not path.is_file():
+            raise CheckpointError(f"no file at {path}; check the path (it is read on the machine running the app)")
+        size = path.stat().st_size
+        if size > max_bytes:
+            raise CheckpointError(f"{name} is {size / 2**20:.0f} MB, over the {max_bytes / 2**20:.0f} MB limit; "
+                                  "raise max_bytes (and server.maxUploadSize for uploads)")
+        data = path.read_bytes()
+    if len(data) > max_bytes:
+        raise CheckpointError(f"{name} is over the {max_bytes / 2**20:.0f} MB limit; raise max_bytes")
+    if not data:
+        raise CheckpointError(f"{name} is empty: save the model with torch.save(model.state_dict(), path)")
+    return data, str(name)
+
+
+def detect_format(data: bytes) -> str:
+    """``"zip"`` (torch.save or TorchScript), ``"torchscript"``, ``"legacy_torch"``, ``"safetensors"``,
+    ``"pickle"`` or ``"unknown"`` — from the bytes alone."""
+    if data[:4] == b"PK\x03\x04":
+        try:
+            names = zipfile.ZipFile(io.BytesIO(data)).namelist()
+        except Exception:  # noqa: BLE001 - a damaged zip directory; torch.load then reports it as corrupt
+            return "zip"
+        if any(n.endswith("/constants.pkl") or "/code/" in n for n in names):
+            return "torchscript"
+        return "zip"
+    if len(data) >= 10 and data[0] == 0x80 and data[1] in (2, 3, 4, 5):
+        # torch's legacy format starts with a pickled magic number; anything else is a bare pickle.
+        return "legacy_torch" if b"\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8" in data[:32] or data[2:3] == b"\x8a" \
+            else "pickle"
+    if len(data) >= 10:
+        (header_len,) = struct.unpack("<Q", data[:8])
+        if 2 <= header_len <= len(data) - 8 and data[8:9] == b"{":
+            return "safetensors"
+    return "unknown"
+
+
+def _load_safetensors(data: bytes, name: str) -> dict[str, torch.Tensor]:
+    """Read a safetensors file: an 8-byte header length, a JSON header, then raw little-endian arrays."""
+    (header_len,) = struct.unpack("<Q", data[:8])
+    try:
+        header = json.loads(data[8:8 + header_len])
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{name}: the safetensors header is not valid JSON ({exc})") from None
+    base = 8 + header_len
+    tensors = {}
+    for key, info in header.items():
+        if key == "__metadata__":
+            continue
+        try:
+            dtype = _SAFETENSORS_DTYPES[info["dtype"]]
+            start, end = info["data_offsets"]
+            shape = [int(s) for s in info["shape"]]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"{name}: tensor {key!r} has an invalid header entry ({exc})") from None
+        if not 0 <= start <= end <= len(data) - base:
+            raise CheckpointError(f"{name}: tensor {key!r} points outside the file (truncated?)")
+        raw = bytearray(data[base + start:base + end])
+        flat = torch.frombuffer(raw, dtype=dtype) if raw else torch.empty(0, dtype=dtype)
+        if flat.numel() != math.prod(shape):
+            raise CheckpointError(f"{name}: tensor {key!r} has {flat.numel()} values for shape {shape}")
+        tensors[key] = flat.reshape(shape).clone()
+    return tensors
+
+
+def _torch_load(data: bytes, name: str) -> Any:
+    """``torch.load`` with ``weights_only=True`` and the metadata allowlist; never anything looser."""
+    try:
+        with torch.serialization.safe_globals(SAFE_METADATA_GLOBALS):
+            return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for corrupt or unsafe files
+        message = str(exc)
+        try:
+            needed = torch.serialization.get_unsafe_globals_in_checkpoint(io.BytesIO(data))
+        except Exception:  # noqa: BLE001 - a corrupt file cannot even be scanned
+            needed = []
+        allowed = {n for _, n in SAFE_METADATA_GLOBALS}
+        needed = [n for n in needed if n not in allowed]
+        if needed:
+            model_classes = [n for n in needed if n.startswith("torch.nn.modules.") or ".nn." in n
+                             or re.search(r"\.(Net|Model|ResNet|VGG|DenseNet|MobileNet)\w*$", n)]
+            if model_classes:
+                raise CheckpointError(
+                    f"{name} holds a whole pickled model ({', '.join(needed[:5])}), and unpickling it would run "
+                    "code from the file, so it is refused. Save the weights instead: "
+                    "torch.save(model.state_dict(), 'weights.pt') and upload that.") from None
+            raise CheckpointError(
+                f"{name} needs classes that are not allowed to load safely: {', '.join(needed[:8])}"
+                f"{' ...' if len(needed) > 8 else ''}. Only tensors and plain containers are read; save the "
+                "weights with torch.save(model.state_dict(), path), or keep metadata as plain dicts.") from None
+        if "weights_only" in message or "Unsupported global" in message or "Unsupported operand" in message:
+            raise CheckpointError(f"{name} contains objects that cannot be loaded safely ({message.splitlines()[0]}); "
+                                  "save only tensors: torch.save(model.state_dict(), path)") from None
+        raise CheckpointError(f"{name} is not a readable PyTorch checkpoint (corrupt or truncated?): "
+                              f"{type(exc).__name__}: {message.splitlines()[0] if message else ''}") from None
+
+
+def _is_state_dict(obj: Any) -> bool:
+    return isinstance(obj, dict) and bool(obj) and all(isinstance(k, str) for k in obj) and \
+        sum(isinstance(v, torch.Tensor) for v in obj.values()) >= max(1, len(obj) // 2)
+
+
+def _strip_prefix(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], str]:
+    """Remove a prefix every key shares (``module.`` from DDP, ``model.`` from Lightning), repeatedly."""
+    removed = ""
+    while state:
+        for prefix in ("module.", "model.", "_orig_mod.", "net."):
+            if all(k.startswith(prefix) for k in state):
+                state = {k[len(prefix):]: v for k, v in state.items()}
+                removed += prefix
+                break
+        else:
+            break
+    return state, removed
+
+
+def _plain(value: Any, depth: int = 0) -> Any:
+    """Metadata without tensors, for display."""
+    if isinstance(value, torch.Tensor):
+        return f"tensor{tuple(value.shape)}"
+    if depth > 3:
+        return "..."
+    if isinstance(value, dict):
+        return {str(k): _plain(v, depth + 1) for k, v in list(value.items())[:50]}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v, depth + 1) for v in list(value)[:50]]
+    if isinstance(value, argparse.Namespace):
+        return _plain(vars(value), depth + 1)
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return repr(value)[:200]
+
+
+def load_checkpoint(source: str | os.PathLike[str] | bytes | io.IOBase, *, max_bytes: int = DEFAULT_MAX_BYTES,
+                    allow_torchscript: bool = False) -> Checkpoint:
+    """Load a checkpoint safely and find the model weights in it.
+
+    Args:
+        source: A path on this machine, the file's bytes, or a binary file object (e.g. an upload).
+        max_bytes: Largest file accepted.
+        allow_torchscript: Load TorchScript archives (this runs code from the file: only for trusted files).
+
+    Raises:
+        CheckpointError: For every file that cannot be loaded safely, with what to do instead.
+    """
+    data, name = _read_bytes(source, max_bytes)
+    kind = detect_format(data)
+    if kind == "safetensors":
+        state = _load_safetensors(data, name)
+        state, prefix = _strip_prefix(state)
+        return Checkpoint("safetensors", state, {}, None, prefix, name)
+    if kind == "torchscript":
+        if not allow_torchscript:
+            raise CheckpointError(f"{name} is a TorchScript archive; loading one runs code from the file, so it is "
+                                  "refused. Save the weights with torch.save(model.state_dict(), path) instead.")
+        try:
+            module = torch.jit.load(io.BytesIO(data), map_location="cpu")
+        except Exception as exc:  # noqa: BLE001
+            raise CheckpointError(f"{name}: TorchScript archive could not be loaded ({exc})") from None
+        return Checkpoint("torchscript", dict(module.state_dict()), {}, None, "", name)
+    if kind in ("pickle", "unknown"):
+        hint = "a bare pickle, which is never unpickled here" if kind == "pickle" else "not a format we know"
+        raise CheckpointError(f"{name} is {hint}. Supported: torch.save files (a state_dict or a training "
+                              "checkpoint holding one) and safetensors files.")
+    obj = _torch_load(data, name)
+    return _interpret(obj, name)
+
+
+def _interpret(obj: Any, name: str) -> Checkpoint:
+    from ..experiments.models import CHECKPOINT_FORMAT
+
+    if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT:
+        state = obj.get("state_dict")
+        if not _is_state_dict(state):
+            raise CheckpointError(f"{name}: a project checkpoint without weights")
+        metadata = {k: _plain(v) for k, v in obj.items() if k not in ("state_dict",)}
+        return Checkpoint("project_checkpoint", dict(state), metadata, dict(obj.get("config") or {}), "", name)
+    if _is_state_dict(obj):
+        tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+        state, prefix = _strip_prefix(tensors)
+        return Checkpoint("state_dict", state, {}, None, prefix, name)
+    if isinstance(obj, dict):
+        for key in STATE_DICT_KEYS:
+            candidate = obj.get(key)
+            if isinstance(candidate, nn.Module):  # pragma: no cover - weights_only never builds modules
+                candidate = candidate.state_dict()
+            if _is_state_dict(candidate):
+                tensors = {k: v for k, v in candidate.items() if isinstance(v, torch.Tensor)}
+                state, prefix = _strip_prefix(tensors)
+                metadata = {}
+                for k, v in obj.items():
+                    if k == key:
+                        continue
+                    if k in ("optimizer", "optimizer_states", "optimizer_state_dict", "lr_schedulers"):
+                        metadata[k] = "(optimizer state, not loaded into the model)"
+                    else:
+                        metadata[k] = _plain(v)
+                return Checkpoint("training_checkpoint", state, metadata, None, prefix, name)
+        keys = ", ".join(map(str, list(obj)[:12]))
+        raise CheckpointError(f"{name} is a dict without model weights under any of {', '.join(STATE_DICT_KEYS)} "
+                              f"(its keys: {keys}). Save torch.save(model.state_dict(), path), or a dict with "
+                              "the weights under 'state_dict'.")
+    raise CheckpointError(f"{name} holds a {type(obj).__name__}, not model weights. Save "
+                          "torch.save(model.state_dict(), path).")

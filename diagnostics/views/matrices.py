@@ -1,0 +1,228 @@
+"""Data shaping for the gradient-flow views: one statistic of one run as a (layer × step) matrix, and the
+downsampled series the charts draw from it.
+
+Reading only what is drawn: :func:`load_stat_matrix` asks the store for four columns (``step``, ``layer``,
+``depth``, the statistic), never the whole table. Long runs are bucketed along the step axis into at most
+``max_points`` buckets that keep the minimum, mean and maximum of every bucket, so nothing is silently dropped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ..errors import StoreError
+from ..store import RunStore
+
+#: Statistics the gradient-flow page offers, with whether they are gradients (log scale by default).
+FLOW_STATISTICS: tuple[str, ...] = (
+    "weight_grad_norm", "weight_grad_mean_abs", "act_grad_norm", "act_grad_mean_abs", "update_ratio",
+    "act_zero_frac", "weight_grad_max_abs", "act_grad_max_abs", "weight_norm", "act_std", "act_mean",
+    "bias_grad_norm",
+)
+
+
+@dataclass(frozen=True)
+class StatMatrix:
+    """One statistic of one run: ``values[i, j]`` is layer ``layers[i]`` at step ``steps[j]`` (NaN if absent).
+
+    Rows are in forward-execution order (the ``depth`` column).
+    """
+
+    run: str
+    stat: str
+    layers: tuple[str, ...]
+    types: tuple[str, ...]
+    steps: np.ndarray            # (S,) int64, increasing
+    values: np.ndarray           # (L, S) float64
+
+    @property
+    def empty(self) -> bool:
+        return self.values.size == 0
+
+
+def load_stat_matrix(store: RunStore, run: str, stat: str) -> StatMatrix:
+    """Read one statistic of one run (five columns only) and pivot it to a (layer × step) matrix.
+
+    Layer names are read dictionary-encoded and pivoted by their integer codes, so a run of 2 M rows pivots
+    in a fraction of a second.
+    """
+    table = store.arrow_table(run, "layers", ["step", "layer", "depth", "type", stat], dictionary=("layer", "type"))
+    return _pivot(table, run, stat)
+
+
+def stat_matrix_from_frame(frame: pd.DataFrame, run: str, stat: str) -> StatMatrix:
+    """Pivot an in-memory per-(step, layer) frame holding ``step``, ``layer``, ``depth``, ``type`` and ``stat``."""
+    if frame.empty or stat not in frame.columns:
+        return _pivot(None, run, stat)
+    table = pa.Table.from_pandas(frame[["step", "layer", "depth", "type", stat]], preserve_index=False)
+    for column in ("layer", "type"):
+        table = table.set_column(table.column_names.index(column), column,
+                                 pc.dictionary_encode(table.column(column).cast(pa.string())))
+    return _pivot(table, run, stat)
+
+
+def _pivot(table: pa.Table | None, run: str, stat: str) -> StatMatrix:
+    """(layer × step) matrix from rows whose ``layer`` and ``type`` columns are dictionary-encoded."""
+    if table is None or stat not in table.column_names or table.num_rows == 0:
+        return StatMatrix(run, stat, (), (), np.zeros(0, dtype=np.int64), np.zeros((0, 0)))
+    table = table.unify_dictionaries().combine_chunks()
+    layer_col, type_col = table.column("layer").chunk(0), table.column("type").chunk(0)
+    codes = layer_col.indices.to_numpy(zero_copy_only=False)                       # (n,)
+    names = layer_col.dictionary.to_pylist()
+    depth = table.column("depth").to_numpy()                                       # (n,)
+    layer_depth = np.zeros(len(names), dtype=np.int64)
+    layer_depth[codes] = depth                  # a layer's depth is fixed for the whole run (its first call)
+    order = np.argsort(layer_depth, kind="stable")                                 # execution order
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    type_names = type_col.dictionary.to_pylist()
+    type_of = np.empty(len(names), dtype=object)
+    type_of[codes] = np.asarray(type_names, dtype=object)[type_col.indices.to_numpy(zero_copy_only=False)]
+    step = table.column("step").to_numpy()                                         # (n,)
+    steps = np.sort(pc.unique(table.column("step")).to_numpy())                    # (S,)
+    values = np.full((len(names), len(steps)), np.nan)
+    values[rank[codes], np.searchsorted(steps, step)] = table.column(stat).to_numpy(zero_copy_only=False)
+    return StatMatrix(run, stat, tuple(names[i] for i in order), tuple(type_of[order]), steps, values)
+
+
+@dataclass(frozen=True)
+class Buckets:
+    """A partition of the step axis: bucket ``b`` covers columns ``starts[b]`` to ``starts[b+1]-1``."""
+
+    starts: np.ndarray           # (B,) first column of each bucket
+    first_step: np.ndarray       # (B,) first step of each bucket
+    last_step: np.ndarray        # (B,) last step of each bucket
+
+
+def step_buckets(steps: np.ndarray, max_points: int) -> Buckets:
+    """Split the recorded steps into at most ``max_points`` contiguous buckets of (nearly) equal size."""
+    n = len(steps)
+    if n == 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return Buckets(empty, empty, empty)
+    count = min(n, max(1, int(max_points)))
+    starts = np.unique(np.linspace(0, n, count, endpoint=False).astype(np.int64))
+    ends = np.append(starts[1:], n) - 1
+    return Buckets(starts, steps[starts], steps[ends])
+
+
+def _reduce(values: np.ndarray, buckets: Buckets, how: str) -> np.ndarray:
+    """Reduce the step axis (last) of ``values`` per bucket, ignoring NaN (NaN where a bucket has none)."""
+    if values.shape[-1] == 0:
+        return values
+    finite = np.isfinite(values)
+    counts = np.add.reduceat(finite, buckets.starts, axis=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        if how == "mean":
+            total = np.add.reduceat(np.where(finite, values, 0.0), buckets.starts, axis=-1)
+            out = total / counts
+        elif how == "min":
+            out = np.minimum.reduceat(np.where(finite, values, np.inf), buckets.starts, axis=-1)
+        elif how == "max":
+            out = np.maximum.reduceat(np.where(finite, values, -np.inf), buckets.starts, axis=-1)
+        else:
+            raise ValueError(f"unknown reduction {how!r}")
+    return np.where(counts > 0, out, np.nan)
+
+
+def downsample(values: np.ndarray, steps: np.ndarray, max_points: int) -> tuple[Buckets, dict[str, np.ndarray]]:
+    """Bucket the step axis of ``values`` (shape (..., S)) into min/mean/max series of at most ``max_points``."""
+    buckets = step_buckets(steps, max_points)
+    return buckets, {how: _reduce(values, buckets, how) for how in ("min", "mean", "max")}
+
+
+def depth_profile(matrix: StatMatrix, step: int) -> pd.DataFrame:
+    """The statistic of every layer at the recorded step nearest to ``step`` (at or before it if possible)."""
+    if matrix.empty:
+        return pd.DataFrame(columns=["run", "step", "layer", "type", "depth", "value"])
+    j = int(np.searchsorted(matrix.steps, step, side="right")) - 1
+    j = min(max(j, 0), len(matrix.steps) - 1)
+    return pd.DataFrame({
+        "run": matrix.run, "step": int(matrix.steps[j]), "layer": list(matrix.layers),
+        "type": list(matrix.types), "depth": np.arange(len(matrix.layers)), "value": matrix.values[:, j],
+    })
+
+
+def first_last_ratio(matrix: StatMatrix) -> tuple[str, str, np.ndarray]:
+    """Per step, the statistic of the first layer that has it divided by that of the last layer that has it.
+
+    Layers are taken in execution order among those with a finite value at most steps (e.g. only layers with
+    weights for ``weight_grad_norm``). Returns ``(first_layer, last_layer, ratios)``.
+    """
+    if matrix.empty:
+        return "", "", np.zeros(0)
+    present = np.isfinite(matrix.values).mean(axis=1) > 0.5
+    rows = np.flatnonzero(present)
+    if len(rows) < 2:
+        return "", "", np.full(len(matrix.steps), np.nan)
+    first, last = rows[0], rows[-1]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = matrix.values[first] / matrix.values[last]
+    return matrix.layers[first], matrix.layers[last], ratio
+
+
+@dataclass(frozen=True)
+class HistogramMatrix:
+    """Histogram counts of one layer over time: ``counts[b, j]`` for bin ``b`` at step ``steps[j]``."""
+
+    run: str
+    layer: str
+    kind: str
+    edges: np.ndarray            # (B+1,) log10 bin edges
+    steps: np.ndarray            # (S,)
+    counts: np.ndarray           # (B, S)
+    zeros: np.ndarray            # (S,)
+    nonfinite: np.ndarray        # (S,)
+
+    @property
+    def empty(self) -> bool:
+        return self.counts.size == 0
+
+
+def load_histograms(store: RunStore, run: str, layer: str, kind: str = "weight_grad") -> HistogramMatrix:
+    """The recorded log10|g| histograms of one layer of one run, as a (bin × step) matrix."""
+    edges = np.asarray(store.meta(run).get("hist_edges", []), dtype=float)
+    frame = store.histogram_frame(run, layers=[layer], kind=kind)
+    if frame.empty or len(edges) < 2:
+        return HistogramMatrix(run, layer, kind, edges, np.zeros(0, dtype=np.int64), np.zeros((0, 0)),
+                               np.zeros(0), np.zeros(0))
+    frame = frame.sort_values("step")
+    counts = np.asarray(frame["counts"].tolist(), dtype=float).T          # (B, S)
+    if counts.shape[0] != len(edges) - 1:
+        raise StoreError(f"run {run}: histogram bins do not match the run's bin edges")
+    return HistogramMatrix(run, layer, kind, edges, frame["step"].to_numpy(), counts,
+                           frame["zeros"].to_numpy(dtype=float), frame["nonfinite"].to_numpy(dtype=float))
+
+
+def histogram_quantiles(hist: HistogramMatrix, quantiles: tuple[float, ...] = (0.05, 0.5, 0.95)) -> pd.DataFrame:
+    """Quantiles of log10|g| per step from binned counts (zeros excluded), for overlaying runs on one chart."""
+    rows = []
+    for j, step in enumerate(hist.steps):
+        c = hist.counts[:, j]
+        total = c.sum()
+        row = {"run": hist.run, "step": int(step), "zeros": hist.zeros[j], "nonfinite": hist.nonfinite[j]}
+        cumulative = np.cumsum(c)
+        for q in quantiles:
+            row[f"q{int(q * 100):02d}"] = _binned_quantile(hist.edges, c, cumulative, q * total) if total else np.nan
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _binned_quantile(edges: np.ndarray, counts: np.ndarray, cumulative: np.ndarray, target: float) -> float:
+    """The value below which ``target`` counts lie, interpolating linearly inside the bin that holds it."""
+    b = int(min(np.searchsorted(cumulative, target), len(counts) - 1))
+    before = cumulative[b - 1] if b > 0 else 0.0
+    frac = (target - before) / counts[b] if counts[b] > 0 else 0.5
+    return float(edges[b] + frac * (edges[b + 1] - edges[b]))
+
+
+def layers_with_values(matrix: StatMatrix) -> list[str]:
+    """Layers that have the statistic at some step (e.g. only layers with weights for weight statistics)."""
+    if matrix.empty:
+        return []
+    return [matrix.layers[i] for i in np.flatnonzero(np.isfinite(matrix.values).any(axis=1))]
