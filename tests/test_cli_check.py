@@ -11,10 +11,10 @@ import pytest
 import torch
 from torch import nn
 
-from diagnostics.checks_view import EXAMPLES
+from diagnostics.views.checks import EXAMPLES
 from diagnostics.cli import main
 from diagnostics.manual import registry
-from diagnostics.models import build_cnn, save_checkpoint, variant_config
+from diagnostics.experiments.models import build_cnn, save_checkpoint, variant_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
