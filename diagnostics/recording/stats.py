@@ -21,12 +21,13 @@ import torch
 
 #: Columns of the per-(step, layer) table, in order.
 LAYER_COLUMNS: tuple[str, ...] = (
-    "run", "step", "layer", "type", "depth", "calls",
+    "run", "step", "layer", "type", "kind", "depth", "calls",
     "weight_grad_norm", "weight_grad_mean_abs", "weight_grad_max_abs", "bias_grad_norm",
     "weight_norm", "update_ratio",
     "act_grad_norm", "act_grad_mean_abs", "act_grad_max_abs",
     "act_mean", "act_std", "act_zero_frac",
     "nonfinite", "act_nonfinite", "act_grad_nonfinite", "weight_grad_nonfinite",
+    "shared_with", "in_optimizer",
 )
 
 #: Columns of the per-step table (metrics given to ``step()`` are added as extra columns).
@@ -38,7 +39,7 @@ STEP_COLUMNS: tuple[str, ...] = (
 #: Columns of the per-(step, parameter) table.
 PARAM_COLUMNS: tuple[str, ...] = (
     "run", "step", "param", "layer", "shape", "numel",
-    "grad_norm", "grad_mean_abs", "grad_max_abs", "norm", "update_ratio", "nonfinite",
+    "grad_norm", "grad_mean_abs", "grad_max_abs", "norm", "update_ratio", "nonfinite", "in_optimizer",
 )
 
 #: Columns of the histogram table: ``counts`` holds one count per bin of :data:`HIST_EDGES`.

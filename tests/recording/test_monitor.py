@@ -624,7 +624,7 @@ def test_bad_arguments_are_refused_with_clear_messages():
     model = nn.Linear(2, 1)
     with dx.GradientMonitor(model) as mon:
         model(torch.randn(1, 2)).sum().backward()
-        with pytest.raises(dx.MonitorError, match="scalars"):
+        with pytest.raises(dx.MonitorError, match="must be a scalar"):
             mon.step(accuracy=torch.ones(3))
 
 

@@ -91,7 +91,8 @@ def test_host_formulas_by_hand():
 
 
 def test_every_statistic_has_a_label():
-    numeric = [c for c in stats.LAYER_COLUMNS if c not in ("run", "step", "layer", "type", "depth", "calls")
+    numeric = [c for c in stats.LAYER_COLUMNS if c not in ("run", "step", "layer", "type", "kind", "depth", "calls",
+                                                      "shared_with", "in_optimizer")
                and not c.endswith("_nonfinite")]
     assert set(numeric) <= set(stats.STAT_LABELS)
 

@@ -1,0 +1,264 @@
+"""One recorded step, from the gathered sums to typed rows: pooling, parameters, depth, snapshots, update ratio."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import native, stats
+from .buffers import Call, Scratch, StepBuffer, Transfer
+from .distributed import all_reduce_step, world_size
+from .layers import LayerTable, rank_rows
+from .options import MonitorOptions
+from .reductions import ParamSums, queue_parameters
+from .rows import (Columns, GradSums, LayerRecord, ParamRecord, pool_activations, pool_output_grads, pooled,
+                   summed_histograms)
+from .snapshots import KernelSnapshots
+
+
+@dataclass
+class OpenStep:
+    """A recorded step whose rows wait for the optimizer step's update before they are stored."""
+
+    step: int
+    layers: Columns
+    params: Columns
+    steps: dict[str, Any]
+    hist: Columns | None
+    norms: dict[str, float]                          # parameter -> ‖W‖ (NaN when not read)
+    groups: dict[str, list[str]]                     # row label -> parameters of its weight group
+    with_grad: set[str]                              # parameters that had a gradient
+    awaiting_update: bool
+    kernels: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    kernel_updates: dict[str, np.ndarray] = field(default_factory=dict)
+    updates: dict[str, float] = field(default_factory=dict)   # parameter -> ‖ΔW‖²
+    nonfinite_forward: str | None = None
+    nonfinite_backward: str | None = None
+
+
+@dataclass
+class HistRecord:
+    """One log10|g| histogram row (see :data:`stats.HIST_COLUMNS`)."""
+
+    step: int
+    layer: str
+    kind: str
+    counts: list[int]
+    zeros: int
+    nonfinite: int
+    log10_scale: float
+
+
+def _queue_calls(transfer: Transfer, calls: Mapping[str, list[Call]]) -> dict[str, list[tuple[Call, int, int]]]:
+    def queue(c: Call) -> tuple[Call, int, int]:
+        if c.nonfinite is None:                           # a host row of the fused kernels: 4 numbers
+            offset = transfer.add(c.sums)
+            return c, offset, offset + 3
+        return c, transfer.add(c.sums), transfer.add(c.nonfinite)
+    return {n: [queue(c) for c in items] for n, items in calls.items()}
+
+
+def _number(value: Any) -> float:
+    if isinstance(value, torch.Tensor):
+        return float(value.detach().float().cpu())
+    return float(value)
+
+
+class StepRecorder:
+    """Turns one step's :class:`StepBuffer` into rows; keeps what lasts across steps (depth, snapshots)."""
+
+    def __init__(self, table: LayerTable, options: MonitorOptions, group: Any, fused: bool) -> None:
+        self.table = table
+        self.options = options
+        self.group = group
+        self.fused = fused
+        self.depth: dict[str, int] = {}               # row name -> rank, fixed when first recorded
+        self.scratch = Scratch()
+        self._segments: dict[tuple[tuple[int, ...], torch.device], torch.Tensor] = {}
+        self.snapshots = None if options.kernels is None else KernelSnapshots(
+            options.kernels, options.kernel_every, options.kernel_max_mb, self._conv_weight)
+
+    def _conv_weight(self, label: str) -> torch.nn.Parameter | None:
+        row = self.table.rows.get("" if label == self.table.root_type else label)
+        return next((p.tensor for p in row.params if p.attr == "weight"), None) if row else None
+
+    def _segment_ids(self, sizes: tuple[int, ...], device: torch.device) -> torch.Tensor:
+        key = (sizes, device)
+        ids = self._segments.get(key)
+        if ids is None:
+            if len(self._segments) > 8:                   # the parameters with gradients changed shape again
+                self._segments.clear()
+            ids = self._segments[key] = stats.segment_ids(sizes, device)
+        return ids
+
+    def record(self, step: int, buf: StepBuffer, loss: Any, metrics: Mapping[str, Any], *, scale: float,
+               weight_scale: float, in_optimizer: set[int] | None, writer: Any, histogram: bool,
+               awaiting_update: bool) -> OpenStep:
+        """Pool, reduce and transfer one step; the rows wait in the returned :class:`OpenStep`."""
+        table, opts = self.table, self.options
+        acts, calls, first = buf.committed()
+        grads = buf.grads
+        if opts.distributed and world_size(self.group) > 1:
+            all_reduce_step(acts, grads, calls, self.group)
+        transfer = Transfer()
+        act_off = _queue_calls(transfer, acts)
+        grad_off = _queue_calls(transfer, grads)
+        hist_off = {n: transfer.add(h) for n, h in buf.act_grad_hist.items()}
+
+        # Rows of this step: leaves that ran, and modules owning a parameter that received a gradient.
+        names = {n for n in calls if n in table.selected}
+        for name, row in table.rows.items():
+            if name in table.selected and (any(p.tensor.grad is not None for p in row.params)
+                                           or any(p.grad is not None for p in row.shared)):
+                names.add(name)
+        wanted_weights = set()
+        if opts.weight_norms:
+            wanted_weights = {p.name for n in names for p in table.rows[n].params}
+        param_off, weight_hist = queue_parameters(
+            table.params, transfer, fused=self.fused, weight_norms=opts.weight_norms,
+            weights_without_grad=wanted_weights, histograms=histogram, scratch=self.scratch,
+            segment_ids=self._segment_ids)
+        loss_off = transfer.add(loss.detach().float().reshape(1)) if isinstance(loss, torch.Tensor) else None
+        metric_off = {k: transfer.add(v.detach().float().reshape(1)) for k, v in metrics.items()
+                      if isinstance(v, torch.Tensor)}
+
+        host = transfer.fetch()                                   # the one host transfer of this step
+
+        grad_sums, norms = self._parameter_sums(param_off, host, weight_scale)
+        params = Columns(ParamRecord)
+        for param in table.params:
+            sums = grad_sums.get(param.name)
+            if sums is None:
+                continue
+            inside = None if in_optimizer is None else id(param.tensor) in in_optimizer
+            params.append(ParamRecord(
+                step=step, param=param.name, layer=table.label(param.row), shape="x".join(map(str, param.tensor.shape)),
+                numel=sums.numel, grad_norm=sums.norm(), grad_mean_abs=sums.mean_abs(), grad_max_abs=sums.max(),
+                norm=norms.get(param.name, math.nan), update_ratio=math.nan, nonfinite=sums.nonfinite,
+                in_optimizer=inside))
+
+        rank_rows(table, names, first, self.depth)
+        layers = Columns(LayerRecord)
+        groups: dict[str, list[str]] = {}
+        first_forward = min(((c.seq, n) for n, items in act_off.items() for c, _, o in items if host[o] > 0),
+                            default=(None, None))[1]
+        first_backward = min(((c.seq, n) for n, items in grad_off.items() for c, _, o in items if host[o] > 0),
+                             default=(None, None))[1]
+        for name in sorted(names, key=self.depth.__getitem__):
+            row = table.rows[name]
+            label = table.label(name)
+            weights = [p for p in row.params if p.group == "weight"]
+            w = pooled(grad_sums[p.name] for p in weights if p.name in grad_sums)
+            b = pooled(grad_sums[p.name] for p in row.params if p.group == "bias" and p.name in grad_sums)
+            w_sq = [norms.get(p.name, math.nan) ** 2 for p in weights]
+            groups[label] = [p.name for p in weights]
+            a = pool_activations(act_off.get(name, []), host) if name in act_off else {
+                "act_mean": math.nan, "act_std": math.nan, "act_zero_frac": math.nan, "act_nonfinite": 0}
+            g = pool_output_grads(grad_off.get(name, []), host, scale)
+            wnf = w.nonfinite + b.nonfinite
+            inside = None
+            if in_optimizer is not None and row.params:
+                inside = any(id(p.tensor) in in_optimizer for p in row.params)
+            layers.append(LayerRecord(
+                step=step, layer=label, type=row.type, kind="leaf" if row.leaf and name in calls else "owner",
+                depth=self.depth[name], calls=int(calls.get(name, 0)),
+                weight_grad_norm=w.norm(), weight_grad_mean_abs=w.mean_abs(), weight_grad_max_abs=w.max(),
+                bias_grad_norm=b.norm(),
+                weight_norm=stats.l2_norm(sum(w_sq)) if weights else math.nan, update_ratio=math.nan,
+                act_grad_norm=g["act_grad_norm"], act_grad_mean_abs=g["act_grad_mean_abs"],
+                act_grad_max_abs=g["act_grad_max_abs"], act_mean=a["act_mean"], act_std=a["act_std"],
+                act_zero_frac=a["act_zero_frac"],
+                nonfinite=a["act_nonfinite"] + g["act_grad_nonfinite"] + wnf, act_nonfinite=a["act_nonfinite"],
+                act_grad_nonfinite=g["act_grad_nonfinite"], weight_grad_nonfinite=wnf,
+                shared_with=table.label(row.shared_with) if row.shared else "", in_optimizer=inside))
+        if first_backward is None:
+            bad = [(self.depth[p.row], p.row) for p in table.params
+                   if p.name in grad_sums and grad_sums[p.name].nonfinite and p.row in self.depth]
+            first_backward = min(bad, default=(None, None))[1]
+
+        any_grad = bool(grad_sums)
+        total = sum(s.sumsq for s in grad_sums.values())
+        steps: dict[str, Any] = {
+            "step": step, "time": time.time(),
+            "loss": host[loss_off] if loss_off is not None else (_number(loss) if loss is not None else math.nan),
+            "grad_norm_total": stats.l2_norm(total) if any_grad else math.nan,
+            "grad_scale": scale,
+            "nonfinite_forward_layer": table.label(first_forward) if first_forward is not None else "",
+            "nonfinite_backward_layer": table.label(first_backward) if first_backward is not None else "",
+        }
+        for key, value in metrics.items():
+            steps[key] = host[metric_off[key]] if key in metric_off else _number(value)
+
+        hist = None
+        if histogram:
+            hist = Columns(HistRecord)
+            n_bins = len(stats.HIST_EDGES) - 1
+            for kind, offsets, div in (("act_grad", {n: [o] for n, o in hist_off.items()}, scale),
+                                       ("weight_grad", weight_hist, weight_scale)):
+                for name, offs in offsets.items():
+                    counts = summed_histograms(offs, host, n_bins)
+                    # Dividing g by the loss scale shifts log10|g| by log10(scale): bins move as a whole only
+                    # when the shift is a whole number of bins, so unscaled histograms are stored with the
+                    # scale noted rather than re-binned.
+                    hist.append(HistRecord(step=step, layer=table.label(name), kind=kind,
+                                           counts=counts[:n_bins].astype(np.int64).tolist(),
+                                           zeros=int(counts[n_bins]), nonfinite=int(counts[n_bins + 1]),
+                                           log10_scale=math.log10(div) if div > 0 else 0.0))
+
+        open_step = OpenStep(step=step, layers=layers, params=params, steps=steps, hist=hist, norms=norms,
+                             groups=groups, with_grad=set(grad_sums), awaiting_update=awaiting_update,
+                             nonfinite_forward=steps["nonfinite_forward_layer"] or None,
+                             nonfinite_backward=steps["nonfinite_backward_layer"] or None)
+        if self.snapshots is not None and self.snapshots.due(step):
+            by_depth = [table.label(n) for n in sorted(self.depth, key=self.depth.__getitem__)]
+            open_step.kernels = self.snapshots.take(step, by_depth, weight_scale, awaiting_update, writer)
+        return open_step
+
+    def _parameter_sums(self, offsets: Mapping[str, ParamSums], host: np.ndarray,
+                        weight_scale: float) -> tuple[dict[str, GradSums], dict[str, float]]:
+        grads: dict[str, GradSums] = {}
+        norms: dict[str, float] = {}
+        for name, off in offsets.items():
+            norms[name] = stats.l2_norm(host[off.weight]) if off.weight >= 0 else math.nan
+            if off.grad < 0:
+                continue
+            sumsq = host[off.grad + 1] / weight_scale**2
+            nonfinite = 0 if math.isfinite(sumsq) else int((~torch.isfinite(off.values)).sum())
+            grads[name] = GradSums(sum_abs=host[off.grad] / weight_scale, sumsq=sumsq,
+                                   max_abs=host[off.grad + 2] / weight_scale, numel=off.numel,
+                                   nonfinite=nonfinite, count=1)
+        return grads, norms
+
+
+def update_ratios(open_step: OpenStep) -> None:
+    """Fill ``update_ratio`` of the open step's rows from its ‖ΔW‖² (parameters not updated stay NaN)."""
+    updates = open_step.updates
+    if not updates:
+        return
+    ratios = {k: stats.ratio(stats.l2_norm(v), open_step.norms.get(k, math.nan)) for k, v in updates.items()}
+    data = open_step.params.data
+    if data:
+        data["update_ratio"] = [ratios.get(n, math.nan) for n in data["param"]]
+    layers = open_step.layers.data
+    if layers:
+        out = []
+        for label, norm in zip(layers["layer"], layers["weight_norm"]):
+            moved = [updates[p] for p in open_step.groups.get(label, []) if p in updates]
+            out.append(stats.ratio(stats.l2_norm(sum(moved)), norm) if moved else math.nan)
+        layers["update_ratio"] = out
+
+
+def apply_fused_updates(open_step: OpenStep, pairs: list[tuple[str, torch.Tensor, torch.Tensor]]) -> None:
+    """‖ΔW‖² of (name, after, before) pairs that the fused kernels can read, without writing ΔW."""
+    by_dtype: dict[torch.dtype, list[tuple[str, torch.Tensor, torch.Tensor]]] = {}
+    for item in pairs:
+        by_dtype.setdefault(item[1].dtype, []).append(item)
+    for items in by_dtype.values():
+        squares = native.diff_sums([a for _, a, _ in items], [b for _, _, b in items]).tolist()
+        open_step.updates.update(zip([n for n, _, _ in items], squares))

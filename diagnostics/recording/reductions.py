@@ -1,0 +1,101 @@
+"""Per-step reductions of the parameters: every gradient and weight reduced to a few sums, queued for transfer.
+
+Three paths, chosen per tensor: the fused one-pass CPU kernels (all eligible parameters of a step in one call),
+small float tensors reduced together as segments of one vector, and the PyTorch reductions of :mod:`.stats` for
+everything else (accelerators, half precision, sparse gradients — reduced over their coalesced values —, tensor
+subclasses).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import torch
+
+from . import native, stats
+from .buffers import Scratch, Transfer
+from .layers import Param
+
+
+@dataclass
+class ParamSums:
+    """Where one parameter's sums sit in the step's host array (-1: not read)."""
+
+    grad: int                      # offset of [Σ|g|, Σg², max|g|]
+    weight: int                    # offset of Σw²
+    numel: int                     # dense element count (mean |g| divides by it, also for sparse gradients)
+    values: torch.Tensor | None    # the gradient values reduced (to count NaN/Inf on the rare host path)
+
+
+def gradient_values(g: torch.Tensor) -> torch.Tensor:
+    """The values a gradient's statistics are taken over: the stored values of a sparse gradient."""
+    if g.layout == torch.sparse_coo:
+        return g.coalesce().values()
+    if g.layout != torch.strided:
+        return g.to_dense()
+    return g
+
+
+def _plain(t: torch.Tensor) -> bool:
+    return type(t) is torch.Tensor or type(t) is torch.nn.Parameter
+
+
+def queue_parameters(params: Iterable[Param], transfer: Transfer, *, fused: bool, weight_norms: bool,
+                     weights_without_grad: set[str], histograms: bool, scratch: Scratch,
+                     segment_ids: Callable[[tuple[int, ...], torch.device], torch.Tensor],
+                     ) -> tuple[dict[str, ParamSums], dict[str, list[int]]]:
+    """Queue the sums of every parameter's gradient (and weight) into ``transfer``.
+
+    Args:
+        params: The parameters, each once.
+        transfer: The step's host transfer.
+        fused: Whether the fused CPU kernels may be used.
+        weight_norms: Read Σw² of every parameter with a gradient.
+        weights_without_grad: Parameters without a gradient whose Σw² is still wanted (rows that ran).
+        histograms: Also queue log10|g| histograms, one per row's weight group.
+        scratch: Reusable work buffers.
+        segment_ids: Cached :func:`stats.segment_ids` by (sizes, device).
+
+    Returns:
+        Offsets per parameter name, and per row the offsets of its weights' gradient histograms.
+    """
+    out: dict[str, ParamSums] = {}
+    hist: dict[str, list[int]] = defaultdict(list)
+    small: dict[torch.device, list[tuple[str, torch.Tensor, torch.Tensor]]] = defaultdict(list)
+    batched: dict[torch.dtype, list[tuple[str, torch.Tensor, torch.Tensor]]] = defaultdict(list)
+    with torch.no_grad():
+        for param in params:
+            p, name = param.tensor, param.name
+            g = p.grad
+            if g is None:
+                if name in weights_without_grad:
+                    out[name] = ParamSums(-1, transfer.add(stats.squared_norm(p.detach())), p.numel(), None)
+                continue
+            values = gradient_values(g)
+            if histograms and param.group == "weight":
+                hist[param.row].append(transfer.add(stats.log10_histogram(values)))   # summed per row later
+            if fused and values is g and native.eligible_pair(g, p):
+                batched[g.dtype].append((name, g, p.detach()))     # all CPU parameters in one pass, below
+                continue
+            if values is g and _plain(g) and 0 < g.numel() <= stats.BATCH_NUMEL \
+                    and g.dtype in (torch.float32, torch.float64):
+                small[g.device].append((name, g, p.detach()))      # reduced below, all at once
+                continue
+            w_off = transfer.add(stats.squared_norm(p.detach())) if weight_norms else -1
+            sums = stats.gradient_sums(values, scratch.like(values))
+            out[name] = ParamSums(transfer.add(sums), w_off, p.numel(), values)
+        for items in batched.values():
+            sums = native.param_sums([g for _, g, _ in items],
+                                     [w if weight_norms else None for _, _, w in items])  # (k, 4)
+            off = transfer.add(sums)
+            for i, (name, g, _) in enumerate(items):
+                out[name] = ParamSums(off + 4 * i, off + 4 * i + 3 if weight_norms else -1, g.numel(), g)
+        for device, items in small.items():
+            ids = segment_ids(tuple(g.numel() for _, g, _ in items), device)
+            g_off = transfer.add(stats.gradient_sums_batched([g for _, g, _ in items], ids))  # (k, 3)
+            w_off = transfer.add(stats.squared_norms_batched([w for _, _, w in items], ids)) if weight_norms else -1
+            for i, (name, g, _) in enumerate(items):
+                out[name] = ParamSums(g_off + 3 * i, w_off + i if w_off >= 0 else -1, g.numel(), g)
+    return out, hist
