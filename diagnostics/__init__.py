@@ -1,50 +1,85 @@
-"""Gradient Flow Diagnostics: record, prove and show how gradients flow through PyTorch models."""
+"""Gradient Flow Diagnostics: record, prove and show how gradients flow through PyTorch models.
+
+The public API, used as ``import diagnostics as dx``. The parts, one package each (see ARCHITECTURE.md):
+``recording`` (the monitor), ``store`` (runs on disk), ``manual`` (hand-written backward passes),
+``experiments`` (CNN family, data, training, comparisons), ``checkpoints`` (safe loading, architecture, probe),
+``views`` (data -> figures for the dashboard and reports) and ``integrations``. ``manual``, ``views`` and
+``integrations`` are imported on first use (``dx.manual.backward(...)`` works right after ``import
+diagnostics``), so importing the library stays fast and never imports streamlit, transformers, timm or
+Lightning.
+"""
 
 from __future__ import annotations
 
-from .recording import stats
-from .errors import CheckpointError, DiagnosticsError, MonitorError, NonFiniteGradientError, StoreError
-from .recording import GradientMonitor
-from .store import RunStore, RunWriter
-from .checkpoints.loading import Checkpoint, load_checkpoint
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from .checkpoints.architecture import BuiltModel, build_model, rebuild
-from .checkpoints.probe import ProbeError, ProbeResult, probe
-from .experiments.data import DataError, DataSplit, load_dataset
-from .experiments.models import CNNConfig, ModelConfigError, build_cnn, load_project_checkpoint, save_checkpoint, variant_config
-from .experiments.training import ComparisonJob, TrainConfig, TrainingError, compare
+from .checkpoints.loading import Checkpoint, load_checkpoint
+from .checkpoints.probe import ProbeResult, probe
+from .errors import (CheckpointError, DataError, DiagnosticsError, ManualGradError, ModelConfigError, MonitorError,
+                     NonFiniteGradientError, ProbeError, StoreError, TrainingError)
+from .experiments.data import DataSplit, load_dataset
+from .experiments.jobs import ComparisonJob
+from .experiments.models import CNNConfig, build_cnn, load_project_checkpoint, save_checkpoint, variant_config
+from .experiments.launch import compare
+from .experiments.training import TrainConfig
+from .recording import GradientMonitor, stats
+from .store import RunStore, RunWriter
+
+if TYPE_CHECKING:
+    from . import integrations, manual, views
 
 __version__ = "0.1.0"
 
+#: Subpackages imported on first attribute access (``dx.manual``), not by ``import diagnostics``.
+_LAZY_SUBPACKAGES = ("manual", "views", "integrations")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY_SUBPACKAGES:
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY_SUBPACKAGES))
+
+
 __all__ = [
-    "CheckpointError",
-    "DiagnosticsError",
-    "GradientMonitor",
-    "MonitorError",
-    "NonFiniteGradientError",
-    "RunStore",
-    "RunWriter",
-    "StoreError",
-    "stats",
-    "__version__",
     "BuiltModel",
-    "Checkpoint",
-    "ProbeError",
-    "ProbeResult",
-    "build_model",
-    "load_checkpoint",
-    "probe",
-    "rebuild",
     "CNNConfig",
+    "Checkpoint",
+    "CheckpointError",
     "ComparisonJob",
     "DataError",
     "DataSplit",
+    "DiagnosticsError",
+    "GradientMonitor",
+    "ManualGradError",
     "ModelConfigError",
+    "MonitorError",
+    "NonFiniteGradientError",
+    "ProbeError",
+    "ProbeResult",
+    "RunStore",
+    "RunWriter",
+    "StoreError",
     "TrainConfig",
     "TrainingError",
+    "__version__",
     "build_cnn",
+    "build_model",
     "compare",
+    "integrations",
+    "load_checkpoint",
     "load_dataset",
     "load_project_checkpoint",
+    "manual",
+    "probe",
+    "rebuild",
     "save_checkpoint",
+    "stats",
     "variant_config",
+    "views",
 ]

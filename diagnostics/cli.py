@@ -50,7 +50,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from .experiments.comparison import load_comparison, summarize
-    from .experiments.training import compare, in_torchrun
+    from .experiments.launch import compare, in_torchrun
 
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     rank0 = not in_torchrun() or os.environ.get("RANK") == "0"
@@ -166,7 +166,7 @@ def cmd_check(args: argparse.Namespace) -> int:
                   f"(float64, impl={args.impl}):")
             _print_check_report(report, ["layer", "call"])
             reports.append(report)
-    except (DiagnosticsError, manual.ManualGradError) as exc:
+    except DiagnosticsError as exc:
         return _check_error(str(exc))
     statuses = pd.concat([r["status"] for r in reports], ignore_index=True)
     counts = ", ".join(f"{n} {status}" for status, n in statuses.value_counts().items())

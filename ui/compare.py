@@ -11,7 +11,8 @@ import diagnostics as dx
 from diagnostics.experiments.comparison import ComparisonData, comparison_runs, comparisons, load_comparison
 from diagnostics.experiments.data import DATASETS
 from diagnostics.experiments.models import ACTIVATIONS, INITS, VARIANTS
-from diagnostics.experiments.training import ComparisonJob, TrainConfig
+from diagnostics.experiments.jobs import ComparisonJob
+from diagnostics.experiments.training import TrainConfig
 
 from .common import _store_signature
 

@@ -14,15 +14,11 @@ import pandas as pd
 import torch
 from torch import nn
 
-from ..errors import CheckpointError, DiagnosticsError
+from ..errors import CheckpointError, ProbeError
 from ..recording import GradientMonitor
 from ..store import RunStore
 
 LOSSES = ("cross_entropy", "sum_of_squares")
-
-
-class ProbeError(DiagnosticsError, ValueError):
-    """A probe could not run: the batch does not fit the model, or the loss does not fit its output."""
 
 
 @dataclass

@@ -13,11 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import DiagnosticsError
-
-
-class DataError(DiagnosticsError, ValueError):
-    """A dataset could not be loaded or built: unknown name, missing folder or files, wrong layout."""
+from ..errors import DataError
 
 
 @dataclass(frozen=True)

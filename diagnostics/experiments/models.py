@@ -11,7 +11,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from ..errors import CheckpointError, DiagnosticsError
+from ..errors import CheckpointError, ModelConfigError
 
 #: The four standard variants of a comparison: name -> (residual, batchnorm).
 VARIANTS: dict[str, tuple[bool, bool]] = {
@@ -28,10 +28,6 @@ MIN_DEPTH, MAX_DEPTH = 2, 100
 #: Marks a checkpoint written by :func:`save_checkpoint` (and its layout version).
 CHECKPOINT_FORMAT = "gradient-flow-diagnostics/cnn"
 CHECKPOINT_VERSION = 1
-
-
-class ModelConfigError(DiagnosticsError, ValueError):
-    """A model configuration asks for something the CNN family cannot build; the message names the field."""
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ appears only as a reference in ``check``.
 from __future__ import annotations
 
 from .checks import check, check_model, max_abs_err, max_rel_err
-from .errors import ManualGradError, UnsupportedModuleError
+from ..errors import ManualGradError, UnsupportedModuleError
 from .functions import ManualBackwardFunction, manual_forward, use_manual_backward
 from .network import Residual, network_backward
 from .registry import IMPLS, backward, is_supported, register, rule_for, supported_module_types

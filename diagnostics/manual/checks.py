@@ -26,7 +26,7 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from .errors import ManualGradError
+from ..errors import ManualGradError
 from .functions import is_routed_forward
 from .registry import IMPLS, backward, checked_output_shape, is_supported, kink_mask, module_state, rule_for
 

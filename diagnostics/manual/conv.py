@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .errors import ManualGradError
+from ..errors import ManualGradError
 from .rule import Grads, Rule, State, expand_param, require_small
 
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")

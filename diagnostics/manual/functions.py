@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .errors import ManualGradError
+from ..errors import ManualGradError
 from .registry import is_supported, rule_for, run_rule
 from .rule import Rule
 

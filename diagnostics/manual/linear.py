@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .errors import ManualGradError
+from ..errors import ManualGradError
 from .rule import Grads, Rule, State, require_small
 
 

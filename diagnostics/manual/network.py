@@ -20,7 +20,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from .errors import ManualGradError, UnsupportedModuleError
+from ..errors import ManualGradError, UnsupportedModuleError
 from .registry import IMPLS, checked_output_shape, module_state, rule_for, run_rule
 from .shape import flatten_grad_input
 

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from . import activation, batchnorm, conv, linear, pool, shape
-from .errors import ManualGradError, UnsupportedModuleError
+from ..errors import ManualGradError, UnsupportedModuleError
 from .rule import Grads, Rule, State
 
 IMPLS = ("fast", "reference")

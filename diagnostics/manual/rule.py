@@ -8,7 +8,7 @@ from typing import Optional
 
 from torch import Tensor, nn
 
-from .errors import ManualGradError
+from ..errors import ManualGradError
 
 Grads = dict[str, Optional[Tensor]]
 """Gradients by name: ``"input"`` and the names of the module's parameters (``"weight"``, ``"bias"``)."""

@@ -18,17 +18,13 @@ from plotly.subplots import make_subplots
 from torch import Tensor, nn
 
 from .. import manual
-from ..errors import DiagnosticsError
+from ..errors import LayerOptionsError
 from ..manual.conv import conv_padding
 from .figures import DIVERGING
 
 Options = dict[str, Any]
 """A layer's constructor arguments, except its channel count (which the input's shape gives), plus ``mode``
 (``"train"`` or ``"eval"``) for batch norm."""
-
-
-class LayerOptionsError(DiagnosticsError, ValueError):
-    """PyTorch (or a manual rule) refuses a layer's options or its input; the message gives PyTorch's reason."""
 
 
 @dataclass(frozen=True)

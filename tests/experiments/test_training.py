@@ -22,12 +22,12 @@ from diagnostics.experiments.comparison import (
     comparison_runs, comparisons, describe, first_last_ratio, load_comparison, summarize,
 )
 from diagnostics.experiments.models import VARIANTS, load_project_checkpoint
-from diagnostics.experiments.training import (
-    CHECKPOINT_FILE, ComparisonJob, SyncBatchNormCPU, TrainingError, batch_indices,
-    flush_denormals, resolve_workers,
-)
+from diagnostics.experiments.launch import resolve_workers
+from diagnostics.experiments.jobs import ComparisonJob
+from diagnostics.experiments.syncbn import SyncBatchNormCPU
+from diagnostics.experiments.training import CHECKPOINT_FILE, TrainingError, batch_indices, flush_denormals
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 #: A tiny comparison: 2 variants, 4 conv layers, synthetic 6x6 images (fast enough for every test).
 TINY = {"depth": 4, "steps": 6, "dataset": "synthetic", "width": 4, "batch_size": 16, "eval_every": 2,
         "data_options": {"n": 96, "size": 6}, "workers": 1}
@@ -278,15 +278,16 @@ def test_comparison_job_runs_in_a_thread_and_reports_progress(tmp_path):
 
 
 def test_comparison_job_reports_a_failure_instead_of_raising(tmp_path, monkeypatch):
-    import diagnostics.experiments.training as training
+    import diagnostics.experiments.launch as launch
 
     def broken(*args, **kwargs):
         raise RuntimeError("out of memory")
 
-    monkeypatch.setattr(training, "_run_job", broken)
+    monkeypatch.setattr(launch, "run_job", broken)
     job = ComparisonJob(store=str(tmp_path), variants=["plain"], **TINY).start()
     assert job.wait(timeout=30)
     assert job.error == "RuntimeError: out of memory" and job.result is None
+    assert isinstance(job.exception, RuntimeError)                  # not a library error: a page shows the traceback
 
 
 def test_comparison_job_setting_errors_raise_before_starting(tmp_path):

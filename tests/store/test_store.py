@@ -20,7 +20,7 @@ from torch import nn
 import diagnostics as dx
 from diagnostics.store.layout import live_files
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 WRITER = textwrap.dedent("""
     import sys, time, torch
