@@ -381,9 +381,9 @@ class GradientMonitor:
     def _before_optimizer_step(self, optimizer: Any, args: Any, kwargs: Any) -> Any:
         if not self._enabled:
             return None
-        closure = kwargs.get("closure", args[0] if args else None)
+        closure = kwargs.get("closure", args[1] if len(args) > 1 else None)    # args[0] is the optimizer
         if self._open is not None and self._open.awaiting_update:
-            self._copy_weights(self._open.with_grad)
+            self._copy_weights(self._open.with_grad & set(self._tracked_in_optimizer()))
         elif callable(closure) and self._recording:
             self._copy_weights(set(self._tracked_in_optimizer()))     # the step is recorded inside the closure
         if not callable(closure):
@@ -393,7 +393,7 @@ class GradientMonitor:
         wrapped = self._wrap_closure(closure)
         if "closure" in kwargs:
             return args, {**kwargs, "closure": wrapped}
-        return (wrapped, *args[1:]), kwargs
+        return (args[0], wrapped, *args[2:]), kwargs
 
     def _wrap_closure(self, closure: Callable[[], Any]) -> Callable[[], Any]:
         def wrapped() -> Any:
@@ -522,7 +522,6 @@ class GradientMonitor:
     def _commit_open(self) -> None:
         """Store the last recorded step (with its update ratio once the optimizer step is known)."""
         open_step, self._open = self._open, None
-        self._copied = set()
         if open_step is None:
             return
         update_ratios(open_step)
