@@ -36,7 +36,10 @@ import pyarrow.parquet as pq
 
 from ..errors import StoreError
 
-SCHEMA_VERSION = 1
+#: What a run's tables hold. 1: rows for leaf modules only. 2: rows also for modules that own parameters
+#: (layer columns ``kind``, ``shared_with``, ``in_optimizer``; param column ``in_optimizer``). Readers accept
+#: every version up to this one; pages use the new columns only where a run has them.
+SCHEMA_VERSION = 2
 TABLES: tuple[str, ...] = ("layers", "steps", "params", "hist")
 META_FILE = "meta.json"
 ANNOTATIONS_FILE = "annotations.json"
