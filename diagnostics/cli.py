@@ -49,8 +49,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     """Train the variants with a tqdm progress bar, then print the summary table (rank 0 only under DDP)."""
     from tqdm import tqdm
 
-    from .experiments.comparison import load_comparison, summarize
+    from .experiments.comparison import load_comparison
     from .experiments.launch import compare, in_torchrun
+    from .views.compare import summarize
 
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     rank0 = not in_torchrun() or os.environ.get("RANK") == "0"

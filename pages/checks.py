@@ -3,7 +3,8 @@
 import streamlit as st
 
 from diagnostics.views.checks import (CONV_OUTPUT_SIZE, LAYERS, TRANSPOSE_OUTPUT_SIZE, LayerOptionsError, build_layer,
-                                     conv_output_table, formulas, gradient_figure, selector_sizes)
+                                     conv_output_table, formulas, selector_sizes)
+from diagnostics.views.figures import gradient_figure
 from diagnostics.manual import IMPLS
 from ui.checks import cached_check, cached_duality, input_shape_widgets, layer_options
 from ui.common import require_router

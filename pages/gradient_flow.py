@@ -2,10 +2,10 @@
 
 import streamlit as st
 
-from diagnostics.views.matrices import FLOW_STATISTICS, layers_with_values
 from diagnostics.views.figures import label, run_colors
+from diagnostics.views.matrices import FLOW_STATISTICS, layers_with_values
 from diagnostics.views.gradient_flow import FlowOptions, default_trend_layers, gradient_flow_view
-from ui.common import require_router, StreamlitLoader, load_runs, pick_runs, run_labels, show_error, store_root
+from ui.common import StreamlitLoader, guard, load_runs, pick_runs, require_router, run_labels, store_root
 from ui.flow import export_section, show_findings, threshold_inputs
 
 require_router()
@@ -33,10 +33,9 @@ names, colors = run_labels(runs), run_colors(list(runs["run"]))
 @st.fragment(run_every=3.0 if running else None)
 def body() -> None:
     loader = StreamlitLoader(store_root())
-    try:
+    with guard(f"read run {names[chosen[0]]}") as read:
         first = loader.stat_matrix(chosen[0], stat)
-    except Exception as exc:  # noqa: BLE001 - any unreadable run must not break the page
-        show_error(exc, f"read run {chosen[0]}")
+    if read.failed:
         return
     if first.empty:
         st.info(f"Run {names[chosen[0]]} has no recorded steps yet" + (" (it is still starting)." if running else "."))
@@ -74,10 +73,9 @@ def body() -> None:
                         format_func={"weight_grad": "weights", "act_grad": "outputs"}.get)
     options = FlowOptions(chosen, stat, log, step, extra, heat_run, picked, hist_layer, kind,
                           thresholds=thresholds)
-    try:
+    with guard("build the charts") as built:
         view = gradient_flow_view(loader, options, colors, names)
-    except Exception as exc:  # noqa: BLE001
-        show_error(exc, "build the charts")
+    if built.failed:
         return
 
     with boxes["findings"]:

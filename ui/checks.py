@@ -6,7 +6,8 @@ from typing import Any
 
 import streamlit as st
 
-from diagnostics.views.checks import (LAYERS, PADDING_MODES, CheckResult, Duality, build_layer, check_layer,
+from diagnostics.manual import PADDING_MODES
+from diagnostics.views.checks import (LAYERS, CheckResult, Duality, build_layer, check_layer,
                                      input_shape, make_input, transpose_duality)
 
 

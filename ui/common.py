@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -55,20 +57,9 @@ def sidebar_store_picker() -> None:
         st.sidebar.caption("This folder does not exist yet; it is created when the first run is recorded.")
 
 
-def _store_signature(root: str) -> tuple:
+def store_version(root: str) -> tuple:
     """Changes whenever a run is added, removed or written (so cached reads refresh)."""
-    path = Path(root).expanduser()
-    if not path.is_dir():
-        return ()
-    sig = []
-    for entry in sorted(path.iterdir()):
-        for name in ("meta.json", "annotations.json"):
-            f = entry / name
-            try:
-                sig.append((entry.name, name, f.stat().st_mtime_ns))
-            except OSError:
-                continue
-    return tuple(sig)
+    return dx.RunStore(root).version()
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
@@ -85,7 +76,7 @@ def _runs(root: str, signature: tuple) -> pd.DataFrame:
 def load_runs() -> pd.DataFrame:
     """The runs of the chosen store (cached until a run changes); skipped entries are shown as warnings."""
     root = store_root()
-    runs = _runs(root, _store_signature(root))
+    runs = _runs(root, store_version(root))
     skipped = runs.attrs.get("warnings", [])
     if skipped:
         shown = "\n".join(f"- {m}" for m in skipped[:5])
@@ -97,10 +88,7 @@ def load_runs() -> pd.DataFrame:
 
 def run_signature(root: str, run: str) -> int:
     """Changes whenever the run's writer flushes (so a running run's cached data refreshes)."""
-    try:
-        return (Path(root).expanduser() / run / "meta.json").stat().st_mtime_ns
-    except OSError:
-        return 0
+    return dx.RunStore(root).run_version(run)
 
 
 @st.cache_resource(show_spinner=False, max_entries=128)
@@ -159,17 +147,40 @@ def pick_runs(runs: pd.DataFrame, key: str, multi: bool = True, label: str = "Ru
     return [picked] if picked else []
 
 
-def show_error(exc: Exception, what: str) -> None:
-    """A friendly error box instead of a traceback."""
-    st.error(f"Could not {what}: {exc}")
+class Guard:
+    """What :func:`guard` saw: ``failed`` is True when the block raised (and the error was shown)."""
+
+    failed = False
+
+
+@contextmanager
+def guard(what: str) -> Iterator[Guard]:
+    """Show an error of the block where it happened: the library's as a message, anything else as a bug.
+
+    A :class:`~diagnostics.DiagnosticsError` says what to do, so it is shown with ``st.error``; any other
+    exception is a bug and is shown with its traceback (``st.exception``), in the container the block writes
+    to, so one bad run or widget never blanks the rest of the page. Streamlit's own stop and rerun signals
+    are ``BaseException`` and pass through.
+
+    Example::
+
+        with guard(f"read run {run}") as g:
+            steps = store.kernel_steps(run)
+        if g.failed:
+            st.stop()
+    """
+    outcome = Guard()
+    try:
+        yield outcome
+    except dx.DiagnosticsError as exc:
+        outcome.failed = True
+        st.error(f"Could not {what}: {exc}")
+    except Exception as exc:  # noqa: BLE001 - not hidden: shown with its traceback where it happened
+        outcome.failed = True
+        st.exception(exc)
 
 
 @st.cache_resource(show_spinner=False, max_entries=16)
 def kernel_snapshot(root: str, run: str, step: int, signature: int):
     """A run's kernel snapshot at one step (cached; read-only)."""
     return dx.RunStore(root).kernel_snapshot(run, step)
-
-
-def kernel_steps(root: str, run: str) -> list[int]:
-    """Steps of a run that have kernel snapshots (read fresh: a running run adds more)."""
-    return dx.RunStore(root).kernel_steps(run)

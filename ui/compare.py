@@ -14,7 +14,7 @@ from diagnostics.experiments.models import ACTIVATIONS, INITS, VARIANTS
 from diagnostics.experiments.jobs import ComparisonJob
 from diagnostics.experiments.training import TrainConfig
 
-from .common import _store_signature
+from .common import store_version
 
 JOB_KEY = "compare_job"
 GROUP_KEY = "compare_group"
@@ -61,6 +61,15 @@ def start_job(root: str, settings: dict[str, Any]) -> None:
         st.error(f"Could not start the comparison: {exc}")
 
 
+def show_job_error(job: ComparisonJob) -> None:
+    """Why a comparison stopped: the library's reason as a message, anything else with its traceback."""
+    if isinstance(job.exception, dx.DiagnosticsError):
+        st.error(f"The comparison stopped: {job.error}")
+    else:
+        st.error("The comparison stopped with an unexpected error (a bug):")
+        st.exception(job.exception)
+
+
 @st.fragment(run_every=1.0)
 def progress_panel(job: ComparisonJob) -> None:
     """One progress bar per variant, refreshed every second while the worker trains."""
@@ -84,7 +93,7 @@ def _comparisons(root: str, signature: tuple) -> pd.DataFrame:
 
 def past_comparisons(root: str) -> pd.DataFrame:
     """The comparisons in the store, newest first (cached until a run changes)."""
-    return _comparisons(root, _store_signature(root))
+    return _comparisons(root, store_version(root))
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
@@ -95,4 +104,4 @@ def _comparison_data(root: str, group: str, signature: tuple) -> ComparisonData:
 
 def comparison_data(root: str, group: str) -> ComparisonData:
     """One comparison's curves and conv-layer statistics (cached until a run changes)."""
-    return _comparison_data(root, group, _store_signature(root))
+    return _comparison_data(root, group, store_version(root))

@@ -12,7 +12,7 @@ Usage::
 
 One file per layer family (``conv``, ``pool``, ``activation``, ``linear``, ``batchnorm``, ``shape``), each
 with a fast (vectorised) and a reference (loop) implementation, and one registry (``registry``) from module
-type to rule. The rules compute gradients from their formulas with ordinary tensor operations; autograd
+type to rule. Each rule's formulas (LaTeX, :func:`formulas`) are written beside it. The rules compute gradients from their formulas with ordinary tensor operations; autograd
 appears only as a reference in ``check``.
 """
 
@@ -22,12 +22,15 @@ from .checks import check, check_model, max_abs_err, max_rel_err
 from ..errors import ManualGradError, UnsupportedModuleError
 from .functions import ManualBackwardFunction, manual_forward, use_manual_backward
 from .network import Residual, network_backward
-from .registry import IMPLS, backward, is_supported, register, rule_for, supported_module_types
-from .rule import REFERENCE_MAX_STEPS, Rule
+from .conv import PADDING_MODES
+from .registry import IMPLS, backward, formulas, is_supported, register, rule_for, supported_module_types
+from .rule import REFERENCE_MAX_STEPS, Formula, Rule
 
 __all__ = [
     "IMPLS",
+    "PADDING_MODES",
     "REFERENCE_MAX_STEPS",
+    "Formula",
     "ManualBackwardFunction",
     "ManualGradError",
     "Residual",
@@ -36,6 +39,7 @@ __all__ = [
     "backward",
     "check",
     "check_model",
+    "formulas",
     "is_supported",
     "manual_forward",
     "max_abs_err",

@@ -13,7 +13,7 @@ from functools import partial
 import torch
 from torch import Tensor, nn
 
-from .rule import Grads, Rule, State, require_small
+from .rule import DXF, DYF, Formula, Grads, Rule, State, require_small
 
 
 def relu_grad_input(input: Tensor, grad_output: Tensor) -> Tensor:
@@ -114,12 +114,27 @@ def _relu_kinks(module: nn.Module, x: Tensor, step: float) -> Tensor:
     return x.abs() <= 2 * step  # (*) where a step of that size crosses zero
 
 
+
+# --- formulas (LaTeX), shown by the Gradient checks page -----------------------------------------------------
+
+def elementwise_formulas(forward: str, backward: str, module: nn.Module | None = None) -> list[Formula]:
+    """An elementwise layer's forward and input gradient in LaTeX."""
+    return [Formula("forward", "Forward", forward), Formula("input", "Input gradient", backward)]
+
+
+RELU_FORMULAS = partial(elementwise_formulas, r"Y = \max(X, 0)", rf"{DXF} = \mathbb{{1}}[X > 0] \odot {DYF}")
+TANH_FORMULAS = partial(elementwise_formulas, r"Y = \tanh X", rf"{DXF} = (1 - \tanh^2 X) \odot {DYF}")
+SIGMOID_FORMULAS = partial(elementwise_formulas, r"Y = \sigma(X) = \frac{1}{1 + e^{-X}}",
+                           rf"{DXF} = \sigma(X)\,(1 - \sigma(X)) \odot {DYF}")
+
+
 RELU = Rule(
     name="ReLU",
     forward=_relu_forward,
     fast=partial(_elementwise_grads, relu_grad_input),
     reference=partial(_elementwise_grads, relu_grad_input_reference),
     kinks=_relu_kinks,
+    formulas=RELU_FORMULAS,
 )
 
 TANH = Rule(
@@ -127,6 +142,7 @@ TANH = Rule(
     forward=_tanh_forward,
     fast=partial(_elementwise_grads, tanh_grad_input),
     reference=partial(_elementwise_grads, tanh_grad_input_reference),
+    formulas=TANH_FORMULAS,
 )
 
 SIGMOID = Rule(
@@ -134,4 +150,5 @@ SIGMOID = Rule(
     forward=_sigmoid_forward,
     fast=partial(_elementwise_grads, sigmoid_grad_input),
     reference=partial(_elementwise_grads, sigmoid_grad_input_reference),
+    formulas=SIGMOID_FORMULAS,
 )

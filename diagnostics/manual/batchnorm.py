@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .rule import Grads, Rule, State, require_small
+from .rule import DXF, DY, DYF, Formula, Grads, Rule, State, require_small
 
 
 def uses_batch_stats(module: nn.modules.batchnorm._BatchNorm, state: State) -> bool:
@@ -246,6 +246,33 @@ def _batch_norm_grads(
     }
 
 
+
+# --- formulas (LaTeX), shown by the Gradient checks page -----------------------------------------------------
+
+def batch_norm_formulas(module: nn.Module | None = None) -> list[Formula]:
+    """Batch norm in LaTeX: batch statistics in training (or without running statistics), running ones in eval."""
+    batch_stats = module is None or module.training or module.running_mean is None
+    common = [
+        Formula("bias", "Bias (beta) gradient", rf"\frac{{\partial L}}{{\partial \beta_c}} = \sum_{{m}} {DY}_{{m,c}}}}"),
+        Formula("weight", "Weight (gamma) gradient",
+                rf"\frac{{\partial L}}{{\partial \gamma_c}} = \sum_{{m}} {DY}_{{m,c}}}}\, \hat X_{{m,c}}"),
+    ]
+    if batch_stats:
+        return [Formula("forward", "Forward, batch statistics (training): per channel c over its m = N·(spatial) "
+                                   "elements",
+                        r"\hat X = \frac{X - \mu_c}{\sqrt{\sigma_c^2 + \epsilon}},\quad \mu_c = \tfrac{1}{m}\sum X,\quad"
+                        r"\sigma_c^2 = \tfrac{1}{m}\sum (X - \mu_c)^2,\quad Y = \gamma_c \hat X + \beta_c"),
+                *common,
+                Formula("input", "Input gradient (the batch statistics depend on X too)",
+                        rf"{DXF} = \frac{{\gamma_c}}{{\sqrt{{\sigma_c^2 + \epsilon}}}}\Big({DYF} - \overline{{{DYF}}}"
+                        rf" - \hat X\, \overline{{{DYF}\hat X}}\Big)\quad(\overline{{\;\cdot\;}}:\text{{ mean over }} m)")]
+    return [Formula("forward", "Forward, running statistics (eval)",
+                    r"\hat X = \frac{X - \hat\mu_c}{\sqrt{\hat\sigma_c^2 + \epsilon}},\quad Y = \gamma_c \hat X + \beta_c"),
+            *common,
+            Formula("input", "Input gradient (the running statistics are constants)",
+                    rf"{DXF} = \frac{{\gamma_c}}{{\sqrt{{\hat\sigma_c^2 + \epsilon}}}}\, {DYF}")]
+
+
 BATCH_NORM1D = Rule(
     name="BatchNorm1d",
     forward=_batch_norm_forward,
@@ -255,6 +282,7 @@ BATCH_NORM1D = Rule(
     buffers=("running_mean", "running_var"),
     input_ndims=(2, 3),
     stateful_forward=batch_norm_forward_updating,
+    formulas=batch_norm_formulas,
 )
 
 BATCH_NORM2D = Rule(
@@ -266,4 +294,5 @@ BATCH_NORM2D = Rule(
     buffers=("running_mean", "running_var"),
     input_ndims=(4,),
     stateful_forward=batch_norm_forward_updating,
+    formulas=batch_norm_formulas,
 )

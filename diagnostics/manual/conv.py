@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import ManualGradError
-from .rule import Grads, Rule, State, expand_param, require_small
+from .rule import DXF, DY, DYF, Formula, Grads, Rule, State, expand_param, require_small
 
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 
@@ -800,6 +800,50 @@ def _validate_conv_transpose2d(module: nn.ConvTranspose2d, x: Tensor) -> None:
     _check_in_channels(module, x)
 
 
+
+# --- formulas (LaTeX), shown by the Gradient checks and Kernel heatmaps pages --------------------------------
+
+_CONV_XP = r"X^{p}_{n,\; g(k)\frac{C_{in}}{G} + c,\; s_h i + d_h a,\; s_w j + d_w b}"
+
+
+def conv_formulas(dims: int, module: nn.Module | None = None) -> list[Formula]:
+    """The forward pass and the gradients of a ``dims``-d convolution, in LaTeX (the rules above compute them)."""
+    one_d = dims == 1
+    xp = _CONV_XP.replace(r",\; s_w j + d_w b", "") if one_d else _CONV_XP
+    idx, kdx, pos = ("n,k,i", "k,c,a", "i") if one_d else ("n,k,i,j", "k,c,a,b", "i,j")
+    return [
+        Formula("forward", "Forward (X^p: the input padded by padding in padding_mode; g(k): the group of output "
+                           "channel k)",
+                rf"Y_{{{idx}}} = b_k + \sum_{{c,a{'' if one_d else ',b'}}} W_{{{kdx}}}\, {xp}"),
+        Formula("bias", "Bias gradient", rf"\frac{{\partial L}}{{\partial b_k}} = \sum_{{n,{pos}}} {DY}_{{{idx}}}}}"),
+        Formula("weight", "Weight gradient: the cross-correlation of the padded input with dL/dY",
+                rf"\frac{{\partial L}}{{\partial W_{{{kdx}}}}} = \sum_{{n,{pos}}} {DY}_{{{idx}}}}}\, {xp}"
+                rf"\qquad \frac{{\partial L}}{{\partial W}} = X^{{p}} \star {DYF}"),
+        Formula("input", "Input gradient: the full convolution of dL/dY (dilated by the stride) with the "
+                         "180°-rotated kernel, i.e. a transposed convolution; then the padding's backward (crop for "
+                         "zeros, add the copies back for reflect / replicate / circular)",
+                rf"\frac{{\partial L}}{{\partial X^{{p}}}} = \operatorname{{rot}}_{{180}}(W) \ast "
+                rf"\operatorname{{dilate}}_s\!\Big({DYF}\Big) = \operatorname{{conv\_transpose}}\Big({DYF}, W\Big),"
+                r"\qquad \frac{\partial L}{\partial X_{h}} = \sum_{h' \,:\, \mathrm{src}(h') = h}"
+                r"\frac{\partial L}{\partial X^{p}_{h'}}"),
+    ]
+
+
+def conv_transpose_formulas(module: nn.Module | None = None) -> list[Formula]:
+    """The forward pass and the gradients of a 2-d transposed convolution, in LaTeX."""
+    return [
+        Formula("forward", "Forward: the adjoint of Conv2d with the same weight, stride, padding, dilation and groups",
+                r"Y = \operatorname{conv\_transpose}(X, W) + b, \qquad "
+                r"\langle \operatorname{conv\_transpose}(X, W), Z\rangle = \langle X, \operatorname{conv}(Z, W)\rangle"),
+        Formula("bias", "Bias gradient", rf"\frac{{\partial L}}{{\partial b_k}} = \sum_{{n,i,j}} {DY}_{{n,k,i,j}}}}"),
+        Formula("weight", "Weight gradient (dL/dY^p: dL/dY zero-padded by padding)",
+                r"\frac{\partial L}{\partial W_{c,k,a,b}} = \sum_{n,i,j} X_{n,c,i,j}\;"
+                r"\frac{\partial L}{\partial Y^{p}_{n,\; g(c)\frac{C_{out}}{G} + k,\; s_h i + d_h a,\; s_w j + d_w b}}"),
+        Formula("input", "Input gradient: a plain convolution of dL/dY with the same weight",
+                rf"{DXF} = \operatorname{{conv}}\Big({DYF}, W\Big)"),
+    ]
+
+
 CONV1D = Rule(
     name="Conv1d",
     forward=_conv_forward,
@@ -809,6 +853,7 @@ CONV1D = Rule(
     input_ndims=(2, 3),
     unbatched_ndim=2,
     validate=_check_in_channels,
+    formulas=partial(conv_formulas, 1),
 )
 
 CONV2D = Rule(
@@ -820,6 +865,7 @@ CONV2D = Rule(
     input_ndims=(3, 4),
     unbatched_ndim=3,
     validate=_check_in_channels,
+    formulas=partial(conv_formulas, 2),
 )
 
 CONV_TRANSPOSE2D = Rule(
@@ -831,4 +877,5 @@ CONV_TRANSPOSE2D = Rule(
     input_ndims=(3, 4),
     unbatched_ndim=3,
     validate=_validate_conv_transpose2d,
+    formulas=conv_transpose_formulas,
 )

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import ManualGradError
-from .rule import Grads, Rule, State, require_small
+from .rule import DXF, DY, DYF, Formula, Grads, Rule, State, require_small
 
 
 def linear_grad_input(input_size: Sequence[int], weight: Tensor, grad_output: Tensor) -> Tensor:
@@ -112,6 +112,17 @@ def _linear_reference(module: nn.Linear, x: Tensor, state: State, grad_output: T
     return {"input": grad_input, "weight": grad_weight, "bias": None if state["bias"] is None else grad_bias}
 
 
+
+# --- formulas (LaTeX), shown by the Gradient checks page -----------------------------------------------------
+
+def linear_formulas(module: nn.Module | None = None) -> list[Formula]:
+    """The forward pass and the gradients of a linear layer in LaTeX."""
+    return [Formula("forward", "Forward", r"Y = X W^\top + b"),
+            Formula("bias", "Bias gradient", rf"\frac{{\partial L}}{{\partial b}} = \sum_n {DY}_{{n}}}}"),
+            Formula("weight", "Weight gradient", rf"\frac{{\partial L}}{{\partial W}} = \Big({DYF}\Big)^{{\!\top}} X"),
+            Formula("input", "Input gradient", rf"{DXF} = {DYF}\, W")]
+
+
 LINEAR = Rule(
     name="Linear",
     forward=_linear_forward,
@@ -119,4 +130,5 @@ LINEAR = Rule(
     reference=_linear_reference,
     params=("weight", "bias"),
     validate=_validate_linear,
+    formulas=linear_formulas,
 )

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .rule import Grads, Rule, State, expand_param, require_small
+from .rule import DY, Formula, Grads, Rule, State, expand_param, require_small
 
 CHANNELS_LAST_MIN_CHANNELS = 16
 """From this many channels, the fast max-pool rule searches the argmax in channels-last layout."""
@@ -632,6 +632,53 @@ def _adaptive_max_kinks(module: nn.AdaptiveMaxPool2d, x: Tensor, step: float) ->
     return adaptive_max_pool2d_kinks(x, _adaptive_max_forward(module, x, {}).shape[-2:], step)
 
 
+
+# --- formulas (LaTeX), shown by the Gradient checks page -----------------------------------------------------
+
+def _pool_indices(dims: int) -> tuple[str, str, str, str]:
+    """``(n_c, at, window, out)``: the LaTeX indices of an input element, its position, a window, an output."""
+    return ("n,c,l", "l", "(i)", "i") if dims == 1 else ("n,c,h,w", "(h,w)", "(i,j)", "i,j")
+
+
+def max_pool_formulas(dims: int, module: nn.Module | None = None) -> list[Formula]:
+    """Max pooling (also adaptive): forward and input gradient in LaTeX."""
+    n_c, at, window, out = _pool_indices(dims)
+    return [
+        Formula("forward", "Forward: the maximum of each window (ties: the first maximum in row-major order, as "
+                           "PyTorch)",
+                rf"Y_{{n,c,{out}}} = \max_{{{at} \in \mathcal{{W}}{window}}} X_{{{n_c}}}"),
+        Formula("input", "Input gradient: each window's dL/dY goes only to the position of its maximum",
+                rf"\frac{{\partial L}}{{\partial X_{{{n_c}}}}} = \sum_{{{window} \,:\, \arg\max \mathcal{{W}}{window}"
+                rf" = {at}}} {DY}_{{n,c,{out}}}}}"),
+    ]
+
+
+def avg_pool_formulas(dims: int, module: nn.Module | None = None) -> list[Formula]:
+    """Average pooling: forward and input gradient in LaTeX."""
+    n_c, at, window, out = _pool_indices(dims)
+    return [
+        Formula("forward", "Forward: the mean of each window with PyTorch's divisor D (divisor_override, else the "
+                           "window clipped to the padded input if count_include_pad, else to the input)",
+                rf"Y_{{n,c,{out}}} = \frac{{1}}{{D{window}}} \sum_{{\cdot \in \mathcal{{W}}{window}}} X"),
+        Formula("input", "Input gradient: every input of a window gets dL/dY divided by the divisor",
+                rf"\frac{{\partial L}}{{\partial X_{{{n_c}}}}} = \sum_{{{window} \,:\, {at} \in \mathcal{{W}}{window}}}"
+                rf" \frac{{1}}{{D{window}}}\, {DY}_{{n,c,{out}}}}}"),
+    ]
+
+
+def adaptive_avg_pool_formulas(dims: int, module: nn.Module | None = None) -> list[Formula]:
+    """Adaptive average pooling: forward and input gradient in LaTeX."""
+    n_c, at, window, out = _pool_indices(dims)
+    return [
+        Formula("forward", "Forward: window i covers rows floor(iH/H_out) to ceil((i+1)H/H_out) (exclusive)",
+                r"Y_{n,c,i} = \frac{1}{|\mathcal{W}(i)|}\sum_{h=\lfloor iH/H_{out}\rfloor}"
+                r"^{\lceil (i+1)H/H_{out}\rceil - 1} X_{n,c,h}\quad\text{(per spatial dimension)}"),
+        Formula("input", "Input gradient",
+                rf"\frac{{\partial L}}{{\partial X_{{{n_c}}}}} = \sum_{{{window} \,:\, {at} \in \mathcal{{W}}{window}}}"
+                rf" \frac{{1}}{{|\mathcal{{W}}{window}|}}\, {DY}_{{n,c,{out}}}}}"),
+    ]
+
+
 MAX_POOL1D = Rule(
     name="MaxPool1d",
     forward=_max_pool_forward,
@@ -640,6 +687,7 @@ MAX_POOL1D = Rule(
     input_ndims=(2, 3),
     unbatched_ndim=2,
     kinks=_max_pool_kinks,
+    formulas=partial(max_pool_formulas, 1),
 )
 
 MAX_POOL2D = Rule(
@@ -650,6 +698,7 @@ MAX_POOL2D = Rule(
     input_ndims=(3, 4),
     unbatched_ndim=3,
     kinks=_max_pool_kinks,
+    formulas=partial(max_pool_formulas, 2),
 )
 
 AVG_POOL1D = Rule(
@@ -659,6 +708,7 @@ AVG_POOL1D = Rule(
     reference=partial(_avg_pool_grads, reference=True),
     input_ndims=(2, 3),
     unbatched_ndim=2,
+    formulas=partial(avg_pool_formulas, 1),
 )
 
 AVG_POOL2D = Rule(
@@ -668,6 +718,7 @@ AVG_POOL2D = Rule(
     reference=partial(_avg_pool_grads, reference=True),
     input_ndims=(3, 4),
     unbatched_ndim=3,
+    formulas=partial(avg_pool_formulas, 2),
 )
 
 ADAPTIVE_AVG_POOL1D = Rule(
@@ -677,6 +728,7 @@ ADAPTIVE_AVG_POOL1D = Rule(
     reference=partial(_adaptive_avg_grads, reference=True),
     input_ndims=(2, 3),
     unbatched_ndim=2,
+    formulas=partial(adaptive_avg_pool_formulas, 1),
 )
 
 ADAPTIVE_AVG_POOL2D = Rule(
@@ -686,6 +738,7 @@ ADAPTIVE_AVG_POOL2D = Rule(
     reference=partial(_adaptive_avg_grads, reference=True),
     input_ndims=(3, 4),
     unbatched_ndim=3,
+    formulas=partial(adaptive_avg_pool_formulas, 2),
 )
 
 ADAPTIVE_MAX_POOL2D = Rule(
@@ -696,4 +749,5 @@ ADAPTIVE_MAX_POOL2D = Rule(
     input_ndims=(3, 4),
     unbatched_ndim=3,
     kinks=_adaptive_max_kinks,
+    formulas=partial(max_pool_formulas, 2),
 )

@@ -7,7 +7,7 @@ from torch import Tensor, nn
 
 from . import activation, batchnorm, conv, linear, pool, shape
 from ..errors import ManualGradError, UnsupportedModuleError
-from .rule import Grads, Rule, State
+from .rule import Formula, Grads, Rule, State
 
 IMPLS = ("fast", "reference")
 """``"fast"``: vectorised (unfold, transposed convolution, scatter); ``"reference"``: explicit loops."""
@@ -99,6 +99,26 @@ def rule_for(module: nn.Module) -> Rule:
             f"no manual backward rule for {type(module).__name__}{note}; supported module types: {names}"
         )
     return rule
+
+
+def formulas(module: nn.Module) -> list[Formula]:
+    """The forward pass and the backward formula of each gradient of a module, in LaTeX, from its rule's file.
+
+    A gradient of a parameter the module does not have (``bias=False``, ``affine=False``) is left out.
+
+    Args:
+        module: A module with a manual rule.
+
+    Returns:
+        The forward pass first, then one formula per gradient.
+
+    Raises:
+        UnsupportedModuleError: If its type has no rule.
+    """
+    rule = rule_for(module)
+    entries = rule.formulas(module) if rule.formulas is not None else []
+    present = {name for name in rule.params if isinstance(getattr(module, name, None), Tensor)}
+    return [f for f in entries if f.tensor in ("forward", "input") or f.tensor in present]
 
 
 def module_state(module: nn.Module, rule: Rule) -> State:

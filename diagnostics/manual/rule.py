@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Optional
+from typing import NamedTuple, Optional
 
 from torch import Tensor, nn
 
@@ -19,6 +19,22 @@ State = dict[str, Optional[Tensor]]
 ForwardFn = Callable[[nn.Module, Tensor, State], Tensor]
 BackwardFn = Callable[[nn.Module, Tensor, State, Tensor], Grads]
 KinkFn = Callable[[nn.Module, Tensor, float], Tensor]
+
+
+class Formula(NamedTuple):
+    """One formula of a rule in LaTeX: the forward pass or the gradient of one tensor."""
+
+    tensor: str                  # "forward", "input" or a parameter's name ("weight", "bias")
+    what: str                    # a caption in words
+    latex: str
+
+
+FormulasFn = Callable[[nn.Module], list[Formula]]
+
+DY = r"\frac{\partial L}{\partial Y"
+"""The start of ``∂L/∂Y`` with an index still to come (close it with ``}}``)."""
+DYF = r"\frac{\partial L}{\partial Y}"
+DXF = r"\frac{\partial L}{\partial X}"
 
 REFERENCE_MAX_STEPS = 50_000
 """The most loop iterations a reference (loop) implementation runs before it refuses the input."""
@@ -91,6 +107,8 @@ class Rule:
             the layer is not differentiable (for ``step=0``: exactly at it, e.g. max-pool ties).
         stateful_forward: The forward including the module's side effects (running statistics), used by
             :func:`~diagnostics.manual.use_manual_backward`; ``None`` when ``forward`` has none to add.
+        formulas: ``(module) -> formulas``; the forward pass and every gradient in LaTeX, written beside the
+            rule that computes them (shown by the Gradient checks and Kernel heatmaps pages).
     """
 
     name: str
@@ -104,3 +122,4 @@ class Rule:
     validate: Callable[[nn.Module, Tensor], None] | None = None
     kinks: KinkFn | None = None
     stateful_forward: ForwardFn | None = None
+    formulas: FormulasFn | None = None

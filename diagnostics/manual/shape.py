@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from .rule import Grads, Rule, State
+from .rule import DXF, DYF, Formula, Grads, Rule, State
 
 
 def flatten_grad_input(input_size: tuple[int, ...], grad_output: Tensor) -> Tensor:
@@ -43,11 +43,26 @@ def _identity_grads(module: nn.Identity, x: Tensor, state: State, grad_output: T
     return {"input": grad_output}  # (*)
 
 
+
+# --- formulas (LaTeX), shown by the Gradient checks page -----------------------------------------------------
+
+def flatten_formulas(module: nn.Module | None = None) -> list[Formula]:
+    """Flatten's forward and input gradient in LaTeX."""
+    return [Formula("forward", "Forward", r"Y = \operatorname{flatten}(X)"),
+            Formula("input", "Input gradient", rf"{DXF} = \operatorname{{reshape}}\Big({DYF}, \operatorname{{shape}}(X)\Big)")]
+
+
+def identity_formulas(module: nn.Module | None = None) -> list[Formula]:
+    """Identity's forward and input gradient in LaTeX."""
+    return [Formula("forward", "Forward", r"Y = X"), Formula("input", "Input gradient", rf"{DXF} = {DYF}")]
+
+
 FLATTEN = Rule(
     name="Flatten",
     forward=_flatten_forward,
     fast=_flatten_grads,
     reference=_flatten_grads,
+    formulas=flatten_formulas,
 )
 
 IDENTITY = Rule(
@@ -55,4 +70,5 @@ IDENTITY = Rule(
     forward=_identity_forward,
     fast=_identity_grads,
     reference=_identity_grads,
+    formulas=identity_formulas,
 )

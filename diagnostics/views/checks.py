@@ -11,16 +11,13 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import plotly.graph_objects as go
 import torch
 import torch.nn.functional as F
-from plotly.subplots import make_subplots
 from torch import Tensor, nn
 
 from .. import manual
 from ..errors import LayerOptionsError
 from ..manual.conv import conv_padding
-from .figures import DIVERGING
 
 Options = dict[str, Any]
 """A layer's constructor arguments, except its channel count (which the input's shape gives), plus ``mode``
@@ -91,7 +88,6 @@ LAYERS: dict[str, LayerSpec] = {spec.key: spec for spec in (
 )}
 """Every layer type with a manual rule, by its command-line name (the order of `check --help`)."""
 
-PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 
 
 @contextmanager
@@ -390,126 +386,20 @@ def check_examples(keys: Sequence[str], *, impl: str = "fast", seed: int = 0) ->
 
 # --- formulas ------------------------------------------------------------------------------------------------
 
-_DY = r"\frac{\partial L}{\partial Y"
-_DYF = r"\frac{\partial L}{\partial Y}"
-_DXF = r"\frac{\partial L}{\partial X}"
-_CONV_XP = r"X^{p}_{n,\; g(k)\frac{C_{in}}{G} + c,\; s_h i + d_h a,\; s_w j + d_w b}"
-
-
 def formulas(key: str, module: nn.Module | None = None) -> list[tuple[str, str]]:
-    """The forward pass and the backward formula of each gradient of a layer type, in LaTeX.
+    """The forward pass and the backward formula of each gradient of a layer, in LaTeX, from its manual rule.
 
     Args:
         key: A key of :data:`LAYERS`.
-        module: The layer: batch norm in eval mode shows its running-statistics formulas, and a gradient of
-            a parameter the layer does not have (``bias=False``, ``affine=False``) is left out.
+        module: The layer (default: the layer type with its default options): batch norm in eval mode shows its
+            running-statistics formulas, and a gradient of a parameter the layer does not have (``bias=False``,
+            ``affine=False``) is left out.
 
     Returns:
         ``(what, latex)`` pairs: the forward pass first, then one per gradient.
     """
-    entries = _formulas(layer_spec(key), module)
-    present = {n for n in ("weight", "bias") if module is None or isinstance(getattr(module, n, None), Tensor)}
-    return [(what, latex) for tensor, what, latex in entries if tensor in ("forward", "input") or tensor in present]
-
-
-def _formulas(spec: LayerSpec, module: nn.Module | None) -> list[tuple[str, str, str]]:
-    """``(tensor, what, latex)`` for every formula of a layer type (``tensor``: forward, input, weight, bias)."""
-    one_d = spec.layout == "NCL"
-    family = spec.family
-    if family == "conv":
-        xp = _CONV_XP.replace(r",\; s_w j + d_w b", "") if one_d else _CONV_XP
-        idx, kdx, pos = ("n,k,i", "k,c,a", "i") if one_d else ("n,k,i,j", "k,c,a,b", "i,j")
-        return [
-            ("forward", "Forward (X^p: the input padded by padding in padding_mode; g(k): the group of output "
-                        "channel k)",
-             rf"Y_{{{idx}}} = b_k + \sum_{{c,a{'' if one_d else ',b'}}} W_{{{kdx}}}\, {xp}"),
-            ("bias", "Bias gradient", rf"\frac{{\partial L}}{{\partial b_k}} = \sum_{{n,{pos}}} {_DY}_{{{idx}}}}}"),
-            ("weight", "Weight gradient: the cross-correlation of the padded input with dL/dY",
-             rf"\frac{{\partial L}}{{\partial W_{{{kdx}}}}} = \sum_{{n,{pos}}} {_DY}_{{{idx}}}}}\, {xp}"
-             rf"\qquad \frac{{\partial L}}{{\partial W}} = X^{{p}} \star {_DYF}"),
-            ("input", "Input gradient: the full convolution of dL/dY (dilated by the stride) with the 180°-rotated "
-                      "kernel, i.e. a transposed convolution; then the padding's backward (crop for zeros, add the "
-                      "copies back for reflect / replicate / circular)",
-             rf"\frac{{\partial L}}{{\partial X^{{p}}}} = \operatorname{{rot}}_{{180}}(W) \ast "
-             rf"\operatorname{{dilate}}_s\!\Big({_DYF}\Big) = \operatorname{{conv\_transpose}}\Big({_DYF}, W\Big),"
-             r"\qquad \frac{\partial L}{\partial X_{h}} = \sum_{h' \,:\, \mathrm{src}(h') = h}"
-             r"\frac{\partial L}{\partial X^{p}_{h'}}"),
-        ]
-    if family == "conv_transpose":
-        return [
-            ("forward", "Forward: the adjoint of Conv2d with the same weight, stride, padding, dilation and groups",
-             r"Y = \operatorname{conv\_transpose}(X, W) + b, \qquad "
-             r"\langle \operatorname{conv\_transpose}(X, W), Z\rangle = \langle X, \operatorname{conv}(Z, W)\rangle"),
-            ("bias", "Bias gradient", rf"\frac{{\partial L}}{{\partial b_k}} = \sum_{{n,i,j}} {_DY}_{{n,k,i,j}}}}"),
-            ("weight", "Weight gradient (dL/dY^p: dL/dY zero-padded by padding)",
-             r"\frac{\partial L}{\partial W_{c,k,a,b}} = \sum_{n,i,j} X_{n,c,i,j}\;"
-             r"\frac{\partial L}{\partial Y^{p}_{n,\; g(c)\frac{C_{out}}{G} + k,\; s_h i + d_h a,\; s_w j + d_w b}}"),
-            ("input", "Input gradient: a plain convolution of dL/dY with the same weight",
-             rf"{_DXF} = \operatorname{{conv}}\Big({_DYF}, W\Big)"),
-        ]
-    n_c, at = ("n,c,l", "l") if one_d else ("n,c,h,w", "(h,w)")
-    window, out = ("(i)", "i") if one_d else ("(i,j)", "i,j")
-    if family in ("max_pool", "adaptive_max"):
-        return [
-            ("forward", "Forward: the maximum of each window (ties: the first maximum in row-major order, as PyTorch)",
-             rf"Y_{{n,c,{out}}} = \max_{{{at} \in \mathcal{{W}}{window}}} X_{{{n_c}}}"),
-            ("input", "Input gradient: each window's dL/dY goes only to the position of its maximum",
-             rf"\frac{{\partial L}}{{\partial X_{{{n_c}}}}} = \sum_{{{window} \,:\, \arg\max \mathcal{{W}}{window}"
-             rf" = {at}}} {_DY}_{{n,c,{out}}}}}"),
-        ]
-    if family == "avg_pool":
-        return [
-            ("forward", "Forward: the mean of each window with PyTorch's divisor D (divisor_override, else the "
-                        "window clipped to the padded input if count_include_pad, else to the input)",
-             rf"Y_{{n,c,{out}}} = \frac{{1}}{{D{window}}} \sum_{{\cdot \in \mathcal{{W}}{window}}} X"),
-            ("input", "Input gradient: every input of a window gets dL/dY divided by the divisor",
-             rf"\frac{{\partial L}}{{\partial X_{{{n_c}}}}} = \sum_{{{window} \,:\, {at} \in \mathcal{{W}}{window}}}"
-             rf" \frac{{1}}{{D{window}}}\, {_DY}_{{n,c,{out}}}}}"),
-        ]
-    if family == "adaptive_avg":
-        return [
-            ("forward", "Forward: window i covers rows floor(iH/H_out) to ceil((i+1)H/H_out) (exclusive)",
-             r"Y_{n,c,i} = \frac{1}{|\mathcal{W}(i)|}\sum_{h=\lfloor iH/H_{out}\rfloor}"
-             r"^{\lceil (i+1)H/H_{out}\rceil - 1} X_{n,c,h}\quad\text{(per spatial dimension)}"),
-            ("input", "Input gradient",
-             rf"\frac{{\partial L}}{{\partial X_{{{n_c}}}}} = \sum_{{{window} \,:\, {at} \in \mathcal{{W}}{window}}}"
-             rf" \frac{{1}}{{|\mathcal{{W}}{window}|}}\, {_DY}_{{n,c,{out}}}}}"),
-        ]
-    elementwise = {
-        "relu": (r"Y = \max(X, 0)", rf"{_DXF} = \mathbb{{1}}[X > 0] \odot {_DYF}"),
-        "tanh": (r"Y = \tanh X", rf"{_DXF} = (1 - \tanh^2 X) \odot {_DYF}"),
-        "sigmoid": (r"Y = \sigma(X) = \frac{1}{1 + e^{-X}}", rf"{_DXF} = \sigma(X)\,(1 - \sigma(X)) \odot {_DYF}"),
-        "flatten": (r"Y = \operatorname{flatten}(X)",
-                    rf"{_DXF} = \operatorname{{reshape}}\Big({_DYF}, \operatorname{{shape}}(X)\Big)"),
-        "identity": (r"Y = X", rf"{_DXF} = {_DYF}"),
-    }
-    if family in elementwise:
-        forward, backward = elementwise[family]
-        return [("forward", "Forward", forward), ("input", "Input gradient", backward)]
-    if family == "linear":
-        return [("forward", "Forward", r"Y = X W^\top + b"),
-                ("bias", "Bias gradient", rf"\frac{{\partial L}}{{\partial b}} = \sum_n {_DY}_{{n}}}}"),
-                ("weight", "Weight gradient", rf"\frac{{\partial L}}{{\partial W}} = \Big({_DYF}\Big)^{{\!\top}} X"),
-                ("input", "Input gradient", rf"{_DXF} = {_DYF}\, W")]
-    batch_stats = module is None or module.training or module.running_mean is None
-    common = [
-        ("bias", "Bias (beta) gradient", rf"\frac{{\partial L}}{{\partial \beta_c}} = \sum_{{m}} {_DY}_{{m,c}}}}"),
-        ("weight", "Weight (gamma) gradient",
-         rf"\frac{{\partial L}}{{\partial \gamma_c}} = \sum_{{m}} {_DY}_{{m,c}}}}\, \hat X_{{m,c}}"),
-    ]
-    if batch_stats:
-        return [("forward", "Forward, batch statistics (training): per channel c over its m = N·(spatial) elements",
-                 r"\hat X = \frac{X - \mu_c}{\sqrt{\sigma_c^2 + \epsilon}},\quad \mu_c = \tfrac{1}{m}\sum X,\quad"
-                 r"\sigma_c^2 = \tfrac{1}{m}\sum (X - \mu_c)^2,\quad Y = \gamma_c \hat X + \beta_c"),
-                *common,
-                ("input", "Input gradient (the batch statistics depend on X too)",
-                 rf"{_DXF} = \frac{{\gamma_c}}{{\sqrt{{\sigma_c^2 + \epsilon}}}}\Big({_DYF} - \overline{{{_DYF}}}"
-                 rf" - \hat X\, \overline{{{_DYF}\hat X}}\Big)\quad(\overline{{\;\cdot\;}}:\text{{ mean over }} m)")]
-    return [("forward", "Forward, running statistics (eval)",
-             r"\hat X = \frac{X - \hat\mu_c}{\sqrt{\hat\sigma_c^2 + \epsilon}},\quad Y = \gamma_c \hat X + \beta_c"),
-            *common,
-            ("input", "Input gradient (the running statistics are constants)",
-             rf"{_DXF} = \frac{{\gamma_c}}{{\sqrt{{\hat\sigma_c^2 + \epsilon}}}}\, {_DYF}")]
+    module = build_layer(key, {}, 3) if module is None else module
+    return [(f.what, f.latex) for f in manual.formulas(module)]
 
 
 # --- heatmaps ------------------------------------------------------------------------------------------------
@@ -522,82 +412,6 @@ def selector_sizes(shape: Sequence[int]) -> tuple[int, int] | None:
             conv weights select one (sample, channel) or (channel, channel) pair; 1-d and 2-d arrays do not.
     """
     return (int(shape[0]), int(shape[1])) if len(shape) >= 3 else None
-
-
-def gradient_plane(array: np.ndarray, first: int = 0, second: int = 0) -> np.ndarray:
-    """The 2-d slice of a gradient that a heatmap draws.
-
-    Args:
-        array: ``(A, B, H, W)`` -> ``array[first, second]``; ``(A, B, L)`` -> ``array[first, second]`` as one
-            row; ``(A, B)`` whole; ``(C,)`` as one row.
-        first: Index into the first dimension (arrays of 3 or more dimensions).
-        second: Index into the second.
-
-    Returns:
-        A 2-d array.
-    """
-    if array.ndim >= 3:
-        array = array[first, second]
-    return np.atleast_2d(array)
-
-
-_AXES = {
-    ("input", 4): ("column w", "row h"), ("input", 3): ("position l", ""),
-    ("input", 2): ("feature / channel", "sample n"),
-    ("weight", 4): ("kernel column b", "kernel row a"), ("weight", 3): ("kernel tap a", ""),
-    ("weight", 2): ("input feature", "output feature"), ("weight", 1): ("channel c", ""),
-}
-
-
-def gradient_figure(manual_grad: np.ndarray, autograd_grad: np.ndarray, title: str, tensor: str = "input",
-                    first: int = 0, second: int = 0) -> go.Figure:
-    """Three heatmaps side by side: the manual rule's gradient, autograd's, and their difference.
-
-    The first two share one colour scale and the difference has its own, both ``RdBu_r`` (colour-blind-safe,
-    diverging) and symmetric around zero, so white is zero and red and blue are opposite signs.
-
-    Args:
-        manual_grad: The manual rule's gradient, any shape :func:`gradient_plane` accepts.
-        autograd_grad: Autograd's, the same shape.
-        title: The figure's title.
-        tensor: ``"input"`` or ``"weight"`` (for the axis labels).
-        first: Which sample (input) or output channel (weight) to draw, for 3-d and 4-d arrays.
-        second: Which channel (input) or input channel (weight).
-
-    Returns:
-        The figure.
-    """
-    a = gradient_plane(np.asarray(manual_grad, dtype=np.float64), first, second)
-    b = gradient_plane(np.asarray(autograd_grad, dtype=np.float64), first, second)
-    diff = a - b
-    x_label, y_label = _AXES.get((tensor, manual_grad.ndim), ("column", "row"))
-    limit = float(np.abs(np.concatenate([a.ravel(), b.ravel()])).max()) if a.size else 0.0
-    limit = limit or 1.0
-    diff_limit = float(np.abs(diff).max()) if diff.size else 0.0
-    identical = diff_limit == 0.0
-    diff_limit = diff_limit or 1e-16 * limit  # an exact match still gets a readable, symmetric scale
-    fig = make_subplots(rows=1, cols=3, horizontal_spacing=0.14,
-                        subplot_titles=("manual rule", "autograd",
-                                        "manual − autograd" + (" (identical)" if identical else "")))
-    hover = "%{y}, %{x}: %{z:.6g}<extra></extra>"
-    for col, z in ((1, a), (2, b)):
-        fig.add_trace(go.Heatmap(z=z, coloraxis="coloraxis", hovertemplate=hover), row=1, col=col)
-    fig.add_trace(go.Heatmap(z=diff, coloraxis="coloraxis2", hovertemplate=hover), row=1, col=3)
-    colorbar = {"thickness": 12, "len": 0.9, "exponentformat": "e"}
-    fig.update_layout(
-        title=title,
-        coloraxis={"colorscale": DIVERGING, "cmin": -limit, "cmax": limit, "cmid": 0.0,
-                   "colorbar": {**colorbar, "x": 0.64, "title": {"text": "gradient"}}},
-        coloraxis2={"colorscale": DIVERGING, "cmin": -diff_limit, "cmax": diff_limit, "cmid": 0.0,
-                    "colorbar": {**colorbar, "x": 1.01, "title": {"text": "difference"}}},
-        height=max(340, min(560, 40 * a.shape[0] + 200)),
-    )
-    fig.update_xaxes(title_text=x_label, showgrid=False, zeroline=False)
-    fig.update_yaxes(autorange="reversed", showgrid=False, zeroline=False)
-    fig.update_yaxes(title_text=y_label, row=1, col=1)
-    for col in (2, 3):  # the same rows as the first heatmap: its labels serve all three
-        fig.update_yaxes(showticklabels=False, row=1, col=col)
-    return fig
 
 
 # --- shape arithmetic and the transposed-convolution duality -------------------------------------------------

@@ -1,4 +1,4 @@
-"""Whole views of the dashboard as data → figures, independent of Streamlit (the pages call these).
+"""The Gradient flow page's view: chosen runs and options in, every figure and finding out (no Streamlit).
 
 A view reads through a *loader* (anything with the methods of :class:`StoreLoader`), so the dashboard can put
 its cache in front of the store and the benchmark can time cold and warm loads with the same code.
@@ -6,6 +6,7 @@ its cache in front of the store and the benchmark can time cold and warm loads w
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Protocol
@@ -14,10 +15,11 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from . import figures as plots
+from . import figures
 from .diagnosis import Finding, Thresholds, find_problems
-from .matrices import (HistogramMatrix, StatMatrix, depth_profile, histogram_quantiles, layers_with_values,
-                   load_histograms, load_stat_matrix)
+from .matrices import (Bucketed, HistogramMatrix, StatMatrix, bucket_rows, depth_profile, first_last_ratio,
+                       histogram_quantiles, histogram_rows, layers_with_values, load_histograms, load_stat_matrix,
+                       matrix_rows)
 from ..store import RunStore
 
 
@@ -91,42 +93,65 @@ class FlowView:
 
 def gradient_flow_view(loader: Loader, options: FlowOptions, colors: dict[str, str],
                        names: dict[str, str]) -> FlowView:
-    """Build every figure and finding of the Gradient flow page for the chosen runs and statistic."""
-    runs = options.runs
+    """Build every figure and finding of the Gradient flow page for the chosen runs and statistic.
+
+    The path of a number: the loader reads one statistic of a run as a (layer × step) :class:`StatMatrix`;
+    this function reduces it (a depth profile at the chosen step, bucketed rows, the first/last ratio) and hands
+    the reduced data to a figure of :mod:`.figures`, which only draws.
+    """
+    runs, points = options.runs, options.max_points
     matrices = {run: loader.stat_matrix(run, options.stat) for run in runs}
     steps = np.unique(np.concatenate([m.steps for m in matrices.values()])) if matrices else np.zeros(0, int)
     step = int(steps[-1]) if options.step is None and len(steps) else int(options.step or 0)
     profiles = [depth_profile(m, s) for m in matrices.values() for s in [step, *options.extra_steps]]
     heat_run = options.heat_run if options.heat_run in matrices else (runs[0] if runs else None)
-    figures: dict[str, go.Figure] = {"depth": plots.depth_figure(profiles, options.stat, options.log, colors, names)}
+    figs: dict[str, go.Figure] = {"depth": figures.depth_figure(profiles, options.stat, options.log, colors, names)}
     layers: list[str] = []
     if heat_run is not None:
         name = names.get(heat_run, heat_run)
         heat = matrices[heat_run]
         layers = list(heat.layers)
         present = layers_with_values(heat) or layers
-        figures["heat_weight"] = plots.heatmap_figure(loader.stat_matrix(heat_run, "weight_grad_norm"),
-                                                      options.max_points, name)
-        figures["heat_act"] = plots.heatmap_figure(loader.stat_matrix(heat_run, "act_grad_norm"),
-                                                   options.max_points, name)
+        for key, stat in (("heat_weight", "weight_grad_norm"), ("heat_act", "act_grad_norm")):
+            figs[key] = figures.heatmap_figure(matrix_rows(loader.stat_matrix(heat_run, stat), None, points),
+                                                   name)
         chosen = options.trend_layers if options.trend_layers else default_trend_layers(present)
-        figures["trends"] = plots.trends_figure(heat, chosen, options.log, options.max_points, name)
-    figures["ratio"] = plots.ratio_figure([loader.stat_matrix(r, options.stat) for r in runs], colors, names,
-                                          options.max_points)
+        figs["trends"] = figures.trends_figure(matrix_rows(heat, chosen, points), options.log, name)
+    figs["ratio"] = figures.ratio_figure([ratio_rows(loader.stat_matrix(r, options.stat), points) for r in runs],
+                                             colors, names)
     step_frames = {run: loader.step_frame(run) for run in runs}
-    figures["loss_norm"] = plots.loss_and_norm_figure(step_frames, colors, names, options.max_points)
+    figs["loss_norm"] = figures.loss_and_norm_figure(
+        {run: step_rows(run, frame, ("loss", "grad_norm_total"), points) for run, frame in step_frames.items()},
+        colors, names)
     hist_layer = options.hist_layer or (layers[0] if layers else None)
     if hist_layer is not None:
         hists = [loader.histograms(run, hist_layer, options.hist_kind) for run in runs]
-        figures["histogram"] = plots.histogram_figure(hists, names, options.max_points)
-        figures["quantiles"] = plots.quantile_figure([histogram_quantiles(h) for h in hists if not h.empty],
-                                                     colors, names)
+        figs["histogram"] = figures.histogram_figure([histogram_rows(h, points) for h in hists], names,
+                                                         hist_layer, options.hist_kind)
+        figs["quantiles"] = figures.quantile_figure([histogram_quantiles(h) for h in hists if not h.empty],
+                                                        colors, names)
     findings = {run: find_problems(loader.stat_matrix(run, "weight_grad_norm"),
                                    loader.stat_matrix(run, "act_zero_frac"),
                                    loader.stat_matrix(run, "update_ratio"), step_frames[run], options.thresholds,
                                    name=names.get(run, run))
                 for run in runs}
-    return FlowView(figures, findings, layers, steps, matrices)
+    return FlowView(figs, findings, layers, steps, matrices)
+
+
+def ratio_rows(matrix: StatMatrix, max_points: int, types: Sequence[str] | None = None) -> Bucketed:
+    """The first/last-layer ratio of one run as a one-row series for :func:`.figures.ratio_figure` (empty if none)."""
+    first, last, ratio = first_last_ratio(matrix, types)
+    if not first:
+        return bucket_rows(matrix.run, "ratio", [], np.zeros((0, 0)), np.zeros(0, dtype=np.int64), max_points)
+    return bucket_rows(matrix.run, "ratio", [f"{first} / {last}"], ratio[None, :], matrix.steps, max_points)
+
+
+def step_rows(run: str, frame: pd.DataFrame, columns: Sequence[str], max_points: int) -> Bucketed:
+    """Per-step quantities of one run (the columns of its step table that it has), bucketed for drawing."""
+    present = [c for c in columns if c in frame.columns] if not frame.empty else []
+    steps = frame["step"].to_numpy() if present else np.zeros(0, dtype=np.int64)
+    values = np.stack([frame[c].to_numpy(dtype=float) for c in present]) if present else np.zeros((0, 0))
+    return bucket_rows(run, "steps", present, values, steps, max_points)
 
 
 def default_trend_layers(layers: list[str]) -> list[str]:

@@ -8,7 +8,9 @@ Reading only what is drawn: :func:`load_stat_matrix` asks the store for four col
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -148,22 +150,79 @@ def depth_profile(matrix: StatMatrix, step: int) -> pd.DataFrame:
     })
 
 
-def first_last_ratio(matrix: StatMatrix) -> tuple[str, str, np.ndarray]:
-    """Per step, the statistic of the first layer that has it divided by that of the last layer that has it.
+class FirstLastRatio(NamedTuple):
+    """The statistic of the first layer divided by that of the last layer, per step of a :class:`StatMatrix`."""
 
-    Layers are taken in execution order among those with a finite value at most steps (e.g. only layers with
-    weights for ``weight_grad_norm``). Returns ``(first_layer, last_layer, ratios)``.
+    first: str                   # the first layer (execution order), "" when fewer than two layers qualify
+    last: str                    # the last layer
+    ratio: np.ndarray            # (S,) NaN where either value is missing, not finite, or the last one is 0
+
+
+def first_last_ratio(matrix: StatMatrix, types: Sequence[str] | None = None) -> FirstLastRatio:
+    """Per step, the statistic of the first layer divided by that of the last layer, for every caller.
+
+    The statistic is the matrix's (``matrix.stat``: e.g. ``weight_grad_norm`` or ``act_grad_norm``); the layers
+    considered are those of the given ``types`` (e.g. ``("Conv1d", "Conv2d")``; default any layer) that have a
+    finite value at most steps (so ``weight_grad_norm`` skips layers without weights). First and last are in
+    execution order.
     """
     if matrix.empty:
-        return "", "", np.zeros(0)
-    present = np.isfinite(matrix.values).mean(axis=1) > 0.5
+        return FirstLastRatio("", "", np.zeros(0))
+    kinds = np.ones(len(matrix.layers), dtype=bool) if types is None else np.isin(matrix.types, list(types))
+    present = kinds & (np.isfinite(matrix.values).mean(axis=1) > 0.5)
     rows = np.flatnonzero(present)
     if len(rows) < 2:
-        return "", "", np.full(len(matrix.steps), np.nan)
-    first, last = rows[0], rows[-1]
+        return FirstLastRatio("", "", np.full(len(matrix.steps), np.nan))
+    first, last = matrix.values[rows[0]], matrix.values[rows[-1]]           # (S,), (S,)
     with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = matrix.values[first] / matrix.values[last]
-    return matrix.layers[first], matrix.layers[last], ratio
+        ratio = first / np.where(last > 0, last, np.nan)
+    return FirstLastRatio(matrix.layers[rows[0]], matrix.layers[rows[-1]], np.where(np.isfinite(ratio), ratio, np.nan))
+
+
+@dataclass(frozen=True)
+class Bucketed:
+    """Named rows of values over steps, bucketed for drawing (min, mean and max of each bucket of steps).
+
+    What the figures draw: a view reduces a matrix to this, a figure only draws it.
+    """
+
+    run: str
+    stat: str
+    rows: tuple[str, ...]
+    first_step: np.ndarray       # (B,) first step of each bucket
+    last_step: np.ndarray        # (B,) last step of each bucket
+    min: np.ndarray              # (R, B)
+    mean: np.ndarray             # (R, B)
+    max: np.ndarray              # (R, B)
+    steps: int                   # recorded steps before bucketing
+
+    @property
+    def empty(self) -> bool:
+        return self.mean.size == 0
+
+    @property
+    def bucketed(self) -> bool:
+        """Whether buckets hold more than one step each (so a min–max band says something)."""
+        return len(self.first_step) < self.steps
+
+
+def bucket_rows(run: str, stat: str, rows: Sequence[str], values: np.ndarray, steps: np.ndarray,
+                max_points: int) -> Bucketed:
+    """Bucket ``values`` (shape (R, S), one row per name in ``rows``) along the steps into at most ``max_points``."""
+    values = np.asarray(values, dtype=float).reshape(len(rows), len(steps))             # (R, S)
+    buckets, series = downsample(values, np.asarray(steps), max_points)
+    return Bucketed(run, stat, tuple(rows), buckets.first_step, buckets.last_step, series["min"], series["mean"],
+                    series["max"], len(steps))
+
+
+def matrix_rows(matrix: StatMatrix, layers: Sequence[str] | None, max_points: int) -> Bucketed:
+    """The chosen layers of a matrix (default: every layer with the statistic), bucketed for drawing."""
+    if layers is None:
+        rows = list(np.flatnonzero(np.isfinite(matrix.values).any(axis=1))) if not matrix.empty else []
+    else:
+        rows = [matrix.layers.index(layer) for layer in layers if layer in matrix.layers]
+    return bucket_rows(matrix.run, matrix.stat, [matrix.layers[i] for i in rows],
+                       matrix.values[rows] if rows else np.zeros((0, len(matrix.steps))), matrix.steps, max_points)
 
 
 @dataclass(frozen=True)
@@ -211,6 +270,19 @@ def histogram_quantiles(hist: HistogramMatrix, quantiles: tuple[float, ...] = (0
             row[f"q{int(q * 100):02d}"] = _binned_quantile(hist.edges, c, cumulative, q * total) if total else np.nan
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def histogram_rows(hist: HistogramMatrix, max_points: int) -> Bucketed:
+    """A run's histograms bucketed for drawing: the occupied bins (two spare on each side), zeros and NaN/Inf."""
+    if hist.empty:
+        return bucket_rows(hist.run, hist.kind, [], np.zeros((0, 0)), np.zeros(0, dtype=np.int64), max_points)
+    centers = (hist.edges[:-1] + hist.edges[1:]) / 2                                   # (B,)
+    occupied = np.flatnonzero(hist.counts.sum(axis=1) > 0)
+    lo, hi = (occupied[0], occupied[-1] + 1) if len(occupied) else (0, len(centers))
+    lo, hi = max(lo - 2, 0), min(hi + 2, len(centers))
+    stacked = np.vstack([hist.counts[lo:hi], hist.zeros[None, :], hist.nonfinite[None, :]])   # (b + 2, S)
+    rows = [f"{c:.2f}" for c in centers[lo:hi]] + ["zero", "NaN/Inf"]
+    return bucket_rows(hist.run, hist.kind, rows, stacked, hist.steps, max_points)
 
 
 def _binned_quantile(edges: np.ndarray, counts: np.ndarray, cumulative: np.ndarray, target: float) -> float:

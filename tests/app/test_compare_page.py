@@ -60,7 +60,7 @@ def test_a_tiny_comparison_runs_to_completion_and_shows_the_plots(tmp_path):
     at.run()
     assert not at.exception and not at.error
     assert at.selectbox(key="compare_group").value == job.group
-    assert chart_titles(at) == ["Training loss", "Held-out accuracy", "Gradient magnitude vs depth",
+    assert chart_titles(at) == ["Training loss", "Held-out accuracy", "weight-gradient L2 norm ‖∂L/∂W‖ vs depth",
                                 "First / last conv layer gradient ratio"]
     reading = " ".join(m.value for m in at.markdown)
     assert "plain" in reading and "held-out accuracy" in reading

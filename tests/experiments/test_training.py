@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import subprocess
 import sys
@@ -17,10 +15,9 @@ from torch import nn
 
 import diagnostics as dx
 from diagnostics.cli import main
-from diagnostics.views.compare_figures import OKABE_ITO, accuracy_figure, depth_figure, loss_figure, profile_steps, ratio_figure
-from diagnostics.experiments.comparison import (
-    comparison_runs, comparisons, describe, first_last_ratio, load_comparison, summarize,
-)
+from diagnostics.experiments.comparison import comparison_runs, comparisons, load_comparison
+from diagnostics.views.compare import compare_view, describe, ratio_frame, summarize
+from diagnostics.views.figures import PALETTE
 from diagnostics.experiments.models import VARIANTS, load_project_checkpoint
 from diagnostics.experiments.launch import resolve_workers
 from diagnostics.experiments.jobs import ComparisonJob
@@ -63,7 +60,7 @@ def test_plain_network_gradient_vanishes_toward_the_input_and_it_does_not_learn(
                          ids=["batchnorm", "residual", "residual+batchnorm"])
 def test_batchnorm_and_residual_keep_gradients_comparable_and_learn(physics, variant):
     _, _, data, summary, _ = physics
-    ratios = first_last_ratio(data.layers)
+    ratios = ratio_frame(data)
     ratios = ratios[ratios["variant"] == variant]["ratio"]
     assert ratios.between(0.01, 100).all(), ratios.describe()
     assert summary.loc[variant, "accuracy"] > 0.5
@@ -75,7 +72,7 @@ def test_ratio_uses_first_and_last_conv_layers_in_execution_order(physics):
     convs = frame[frame["type"] == "Conv2d"].sort_values("depth")
     assert list(convs["layer"].iloc[[0, -1]]) == ["blocks.0.conv", "blocks.11.conv"]
     expected = convs["weight_grad_norm"].iloc[0] / convs["weight_grad_norm"].iloc[-1]
-    ratio = first_last_ratio(data.layers).query("variant == 'plain' and step == 5")["ratio"].item()
+    ratio = ratio_frame(data).query("variant == 'plain' and step == 5")["ratio"].item()
     assert ratio == pytest.approx(expected, rel=1e-12)
 
 
@@ -115,9 +112,9 @@ def test_reading_and_figures_of_a_real_comparison(physics):
     text = describe(summary.reset_index())
     assert "**plain**" in text and "orders of magnitude smaller" in text and "near chance" in text
     assert "kept the first/last gradient ratio within 0.01–100" in text
-    fig = depth_figure(data.layers, [0, 39])
+    fig = compare_view(data, steps=[0, 39]).figures["depth"]
     assert len(fig.data) == 8 and fig.layout.yaxis.type == "log"
-    assert {t.line.color for t in fig.data} <= set(OKABE_ITO)
+    assert {t.line.color for t in fig.data} <= set(PALETTE)
 
 
 # --- determinism, divergence, settings -------------------------------------------------------------------------
@@ -295,54 +292,3 @@ def test_comparison_job_setting_errors_raise_before_starting(tmp_path):
         ComparisonJob(store=str(tmp_path), dataset="folder", data_root=str(tmp_path / "none"))
     assert not list(tmp_path.iterdir())
 
-
-# --- the plain-language reading and the figures -------------------------------------------------------------------
-
-def summary_rows(*rows: dict) -> pd.DataFrame:
-    base = {"run": "r", "steps": 300, "final_loss": 1.0, "diverged_step": None, "diverged_layer": None,
-            "ratio_final": math.nan}
-    return pd.DataFrame([{**base, **row} for row in rows])
-
-
-@pytest.mark.parametrize("row,expected", [
-    ({"variant": "plain", "accuracy": 0.1, "ratio_median": 3e-8},
-     ["7.5 orders of magnitude smaller", "barely learned and it stayed near chance (10% held-out accuracy; chance "
-      "is 10%)"]),
-    ({"variant": "plain", "accuracy": 0.8, "ratio_median": 1e-3},
-     ["3.0 orders of magnitude smaller", "yet it reached 80% held-out accuracy"]),
-    ({"variant": "residual", "accuracy": 0.95, "ratio_median": 1.2},
-     ["kept the first/last gradient ratio within 0.01–100 (median 1.2)", "and learned (95% held-out accuracy)"]),
-    ({"variant": "x", "accuracy": 0.12, "ratio_median": 2.0}, ["but learned little so far"]),
-    ({"variant": "tanh", "accuracy": 0.3, "ratio_median": 5e3}, ["3.7 orders of magnitude larger", "exploding"]),
-    ({"variant": "lr", "accuracy": 0.1, "ratio_median": 1.0, "diverged_step": 7, "diverged_layer": "blocks.3.conv"},
-     ["diverged at step 7 (first NaN/Inf in layer blocks.3.conv)"]),
-    ({"variant": "new", "accuracy": math.nan, "ratio_median": math.nan}, ["no conv-layer gradients recorded yet"]),
-], ids=["vanished-chance", "vanished-learned", "healthy", "healthy-slow", "exploding", "diverged", "empty-run"])
-def test_describe_reads_the_numbers(row, expected):
-    text = describe(summary_rows(row), num_classes=10)
-    for part in expected:
-        assert part in text
-
-
-def test_describe_names_the_best_variant_and_handles_no_runs():
-    text = describe(summary_rows({"variant": "plain", "accuracy": 0.1, "ratio_median": 1e-8},
-                                 {"variant": "residual", "accuracy": 0.9, "ratio_median": 1.0}))
-    assert text.endswith("Best held-out accuracy: **residual** (90%).")
-    assert describe(summary_rows().iloc[0:0]) == "No runs to compare yet."
-
-
-def test_figures_have_titles_axis_labels_with_units_and_one_trace_per_variant():
-    steps = pd.DataFrame({"variant": ["plain"] * 3 + ["residual"] * 3, "step": [0, 1, 2] * 2,
-                          "loss": [2.3, 2.3, 2.3, 2.3, 1.5, 1.0], "accuracy": [0.1, math.nan, 0.1, 0.1, math.nan, 0.7]})
-    layers = pd.DataFrame({"variant": ["plain"] * 6, "step": [0, 0, 1, 1, 2, 2], "conv_index": [1, 2] * 3,
-                           "weight_grad_norm": [1e-8, 1.0, 2e-8, 1.0, 1e-8, 0.5], "act_grad_norm": [1.0] * 6})
-    for fig, y in [(loss_figure(steps), "nats"), (accuracy_figure(steps), "%"),
-                   (depth_figure(layers, [0, 2]), "log scale"), (ratio_figure(layers), "ratio, log scale")]:
-        assert fig.layout.title.text and fig.layout.xaxis.title.text and y in fig.layout.yaxis.title.text
-    assert [len(t.x) for t in accuracy_figure(steps).data] == [2, 2]          # only the evaluated steps
-    assert list(ratio_figure(layers).data[0].y) == pytest.approx([1e-8, 2e-8, 2e-8])
-    assert profile_steps([0, 1, 2, 3, 4]) == [0, 2, 4] and profile_steps([]) == []
-    layout = json.loads(ratio_figure(layers).to_json())["layout"]
-    assert layout["yaxis"]["type"] == "log"
-    assert (layout["shapes"][0]["y0"], layout["shapes"][0]["y1"]) == (0.01, 100)
-    assert layout["annotations"][0]["y"] == 2                     # annotations on a log axis take log10

@@ -9,6 +9,7 @@ from torch import nn
 
 import diagnostics.manual as manual
 from diagnostics.views import checks as cv
+from diagnostics.views import figures
 from diagnostics.views.figures import DIVERGING
 
 
@@ -181,7 +182,7 @@ def test_formulas_leave_out_the_gradients_of_missing_parameters(key, options, le
 ], ids=["4d", "3d", "2d", "1d"])
 def test_gradient_plane_selects_what_a_heatmap_draws(shape, first, second, plane):
     array = np.arange(np.prod(shape), dtype=float).reshape(shape)
-    drawn = cv.gradient_plane(array, first, second)
+    drawn = figures.gradient_plane(array, first, second)
     assert drawn.shape == plane
     if len(shape) >= 3:
         np.testing.assert_array_equal(drawn.ravel(), array[first, second].ravel())
@@ -191,7 +192,7 @@ def test_gradient_plane_selects_what_a_heatmap_draws(shape, first, second, plane
 def test_gradient_figure_draws_manual_autograd_and_their_difference_on_symmetric_scales():
     manual_grad = np.array([[[[1.0, -2.0], [0.5, 0.0]]]])  # (1, 1, 2, 2)
     autograd_grad = manual_grad + np.array([[[[0.0, 1e-12], [0.0, -3e-12]]]])
-    fig = cv.gradient_figure(manual_grad, autograd_grad, "∂L/∂X", "input")
+    fig = figures.gradient_figure(manual_grad, autograd_grad, "∂L/∂X", "input")
     assert [trace.type for trace in fig.data] == ["heatmap"] * 3
     assert [a.text for a in fig.layout.annotations] == ["manual rule", "autograd", "manual − autograd"]
     assert fig.layout.title.text == "∂L/∂X"
@@ -207,7 +208,7 @@ def test_gradient_figure_draws_manual_autograd_and_their_difference_on_symmetric
 
 def test_gradient_figure_of_an_exact_match_keeps_a_valid_colour_range():
     grad = np.ones((3, 4))
-    fig = cv.gradient_figure(grad, grad, "∂L/∂W", "weight")
+    fig = figures.gradient_figure(grad, grad, "∂L/∂W", "weight")
     assert fig.layout.coloraxis2.cmax == pytest.approx(1e-16) and not np.any(fig.data[2].z)
     assert fig.layout.annotations[2].text == "manual − autograd (identical)"
     assert fig.layout.xaxis.title.text == "input feature"

@@ -11,8 +11,8 @@ import pytest
 from diagnostics.views import figures as plots
 from diagnostics.views.diagnosis import Thresholds, find_problems
 from diagnostics.views.matrices import (HistogramMatrix, StatMatrix, depth_profile, downsample, first_last_ratio,
-                              histogram_quantiles, layers_with_values, load_stat_matrix, stat_matrix_from_frame,
-                              step_buckets)
+                                       histogram_quantiles, layers_with_values, load_stat_matrix, matrix_rows,
+                                       stat_matrix_from_frame, step_buckets)
 from diagnostics.views.kernels import channel_order, kernel_page
 from diagnostics.views.report import html_report
 from diagnostics.views.gradient_flow import CachedLoader, FlowOptions, gradient_flow_view
@@ -71,6 +71,17 @@ def test_first_last_ratio_skips_layers_without_the_statistic():
     assert (first, last) == ("l0", "l2")
     np.testing.assert_allclose(ratio, [1e-6, 1e-6])
     assert layers_with_values(m) == ["l0", "l2"]
+
+
+@pytest.mark.parametrize("types,expected", [(None, ("c0", "fc")), (("Conv1d", "Conv2d"), ("c0", "c1"))],
+                         ids=["any-layer", "conv-layers"])
+def test_first_last_ratio_takes_the_layer_kinds_as_an_argument(types, expected):
+    m = StatMatrix("r", "weight_grad_norm", ("c0", "c1", "fc"), ("Conv2d", "Conv2d", "Linear"), np.arange(2),
+                   np.array([[1.0, 2.0], [4.0, 0.0], [8.0, 8.0]]))
+    first, last, ratio = first_last_ratio(m, types)
+    assert (first, last) == expected
+    expected_ratio = [0.25, np.nan] if types else [0.125, 0.25]          # a zero last value gives NaN, not inf
+    np.testing.assert_allclose(ratio, expected_ratio)
 
 
 def test_histogram_quantiles_interpolate_inside_bins():
@@ -164,7 +175,7 @@ def test_every_view_figure_has_a_title_and_labelled_axes(tmp_path):
 def test_heatmap_rows_are_layers_with_the_statistic_in_execution_order(tmp_path):
     store, runs = make_store(tmp_path / "runs")
     m = load_stat_matrix(store, runs["plain"], "weight_grad_norm")
-    fig = plots.heatmap_figure(m)
+    fig = plots.heatmap_figure(matrix_rows(m, None, 300))
     assert list(fig.data[0].y) == layers_with_values(m)
     assert list(fig.data[0].y) == ["0", "2", "4", "6", "10"]          # conv, conv, conv, conv, linear
 
@@ -172,15 +183,15 @@ def test_heatmap_rows_are_layers_with_the_statistic_in_execution_order(tmp_path)
 def test_heatmap_of_a_long_run_is_bucketed_and_small():
     rng = np.random.default_rng(0)
     big = matrix(10 ** rng.uniform(-8, 1, size=(200, 10_000)))
-    fig = plots.heatmap_figure(big, max_columns=300)
+    fig = plots.heatmap_figure(matrix_rows(big, None, 300))
     assert np.asarray(fig.data[0].z).shape == (200, 300)
     assert len(fig.to_json()) < 1_000_000
     assert "bucket means of 10000 steps" in fig.layout.xaxis.title.text
 
 
 def test_empty_inputs_give_an_explanatory_figure_not_an_error():
-    empty = matrix(np.zeros((0, 0)))
-    for fig in (plots.heatmap_figure(empty), plots.trends_figure(empty, ["x"], True), plots.depth_figure([], "x", True, {}),
+    empty = matrix_rows(matrix(np.zeros((0, 0))), None, 300)
+    for fig in (plots.heatmap_figure(empty), plots.trends_figure(empty, True), plots.depth_figure([], "x", True, {}),
                 plots.histogram_figure([], {}), plots.ratio_figure([empty], {}, {})):
         assert fig.layout.annotations and fig.layout.annotations[0].text
 
