@@ -14,14 +14,14 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from .checkpoints.architecture import BuiltModel, build_model, rebuild
+from .checkpoints.architecture import BuiltModel, build_model, load_project_checkpoint, rebuild
 from .checkpoints.loading import Checkpoint, load_checkpoint
 from .checkpoints.probe import ProbeResult, probe
 from .errors import (CheckpointError, DataError, DiagnosticsError, ManualGradError, ModelConfigError, MonitorError,
                      NonFiniteGradientError, ProbeError, StoreError, TrainingError)
 from .experiments.data import DataSplit, load_dataset
 from .experiments.jobs import ComparisonJob
-from .experiments.models import CNNConfig, build_cnn, load_project_checkpoint, save_checkpoint, variant_config
+from .experiments.models import CNNConfig, build_cnn, save_checkpoint, variant_config
 from .experiments.launch import compare
 from .experiments.training import TrainConfig
 from .recording import GradientMonitor, stats

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
 import torch
 from torch import nn
 
-from .loading import Checkpoint
-from ..errors import CheckpointError
+from ..errors import CheckpointError, ModelConfigError
+from ..experiments.models import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, CNN, CNNConfig, build_cnn
+from .loading import DEFAULT_MAX_BYTES, Checkpoint, read_source, safe_torch_load
 
 #: torchvision classification families recognised from key names and shapes, with the keys that mark them.
 FAMILIES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -112,7 +116,6 @@ def rebuild(ckpt: Checkpoint) -> BuiltModel:
             missing and unexpected keys.
     """
     if ckpt.architecture is not None:
-        from ..experiments.models import CNNConfig, ModelConfigError, build_cnn
 
         try:
             config = CNNConfig.from_dict(dict(ckpt.architecture))
@@ -196,3 +199,46 @@ def layer_table(model: nn.Module) -> pd.DataFrame:
     rows = [{"layer": name, "type": type(m).__name__, "parameters": sum(p.numel() for p in m.parameters(recurse=False))}
             for name, m in model.named_modules() if next(m.children(), None) is None and name]
     return pd.DataFrame(rows)
+
+
+# --- this project's own checkpoints ---------------------------------------------------------------------------
+
+class LoadedCNN(NamedTuple):
+    """A loaded checkpoint: the rebuilt model, its architecture and the extra fields saved with it."""
+
+    model: CNN
+    config: CNNConfig
+    extra: dict[str, Any]
+
+
+def load_project_checkpoint(path: str | os.PathLike[str]) -> LoadedCNN:
+    """Rebuild a model saved by :func:`~diagnostics.experiments.models.save_checkpoint`.
+
+    Read with :func:`~.loading.safe_torch_load` (``weights_only=True``), so nothing in the file ever runs.
+
+    Raises:
+        CheckpointError: The file is missing, unreadable, not one of ours, or its weights do not fit the
+            recorded architecture.
+    """
+    if not Path(path).expanduser().is_file():
+        raise CheckpointError(f"no checkpoint file at {path}")
+    data, name = read_source(path, DEFAULT_MAX_BYTES)
+    try:
+        payload = safe_torch_load(data, name)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{path} could not be loaded safely: {exc}") from None
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} is not a checkpoint of this project's CNN family (no "
+                              f"format={CHECKPOINT_FORMAT!r} marker); save one with save_checkpoint()")
+    if int(payload.get("version", 0)) > CHECKPOINT_VERSION:
+        raise CheckpointError(f"{path} was written by a newer version (format {payload['version']}); upgrade")
+    try:
+        config = CNNConfig.from_dict(dict(payload["config"]))
+    except (KeyError, TypeError, ModelConfigError) as exc:
+        raise CheckpointError(f"{path}: the recorded architecture is invalid ({exc})") from None
+    model = build_cnn(config)
+    try:
+        model.load_state_dict(payload["state_dict"], strict=True)
+    except (KeyError, RuntimeError) as exc:
+        raise CheckpointError(f"{path}: the weights do not fit the recorded architecture ({exc})") from None
+    return LoadedCNN(model, config, dict(payload.get("extra", {})))

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError
+from ..experiments.models import CHECKPOINT_FORMAT
 
 #: Default largest file accepted (bytes); pass ``max_bytes`` to change it.
 DEFAULT_MAX_BYTES = 2 * 1024**3
@@ -80,8 +81,9 @@ class Checkpoint:
         return int(sum(t.numel() for t in self.state_dict.values() if t.is_floating_point()))
 
 
-def _read_bytes(source: str | os.PathLike[str] | bytes | bytearray | memoryview | io.IOBase,
+def read_source(source: str | os.PathLike[str] | bytes | bytearray | memoryview | io.IOBase,
                 max_bytes: int) -> tuple[bytes, str]:
+    """The bytes of a path, bytes or file object (at most ``max_bytes``) and a name for messages."""
     if isinstance(source, (bytes, bytearray, memoryview)):
         data = bytes(source)
         name = "uploaded bytes"
@@ -155,8 +157,20 @@ def _load_safetensors(data: bytes, name: str) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def _torch_load(data: bytes, name: str) -> Any:
-    """``torch.load`` with ``weights_only=True`` and the metadata allowlist; never anything looser."""
+def safe_torch_load(data: bytes, name: str) -> Any:
+    """The library's only ``torch.load``: ``weights_only=True`` and the metadata allowlist, never anything looser.
+
+    Every reader of a ``torch.save`` file (checkpoints, this project's CNN checkpoints, uploaded batches) goes
+    through here, so nothing in a file ever runs.
+
+    Args:
+        data: The file's bytes.
+        name: The file's name, for messages.
+
+    Raises:
+        CheckpointError: The file cannot be loaded safely (a pickled model, unknown classes) or is corrupt;
+            the message says what to save instead.
+    """
     try:
         with torch.serialization.safe_globals(SAFE_METADATA_GLOBALS):
             return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
@@ -235,7 +249,7 @@ def load_checkpoint(source: str | os.PathLike[str] | bytes | io.IOBase, *, max_b
     Raises:
         CheckpointError: For every file that cannot be loaded safely, with what to do instead.
     """
-    data, name = _read_bytes(source, max_bytes)
+    data, name = read_source(source, max_bytes)
     kind = detect_format(data)
     if kind == "safetensors":
         state = _load_safetensors(data, name)
@@ -254,13 +268,11 @@ def load_checkpoint(source: str | os.PathLike[str] | bytes | io.IOBase, *, max_b
         hint = "a bare pickle, which is never unpickled here" if kind == "pickle" else "not a format we know"
         raise CheckpointError(f"{name} is {hint}. Supported: torch.save files (a state_dict or a training "
                               "checkpoint holding one) and safetensors files.")
-    obj = _torch_load(data, name)
+    obj = safe_torch_load(data, name)
     return _interpret(obj, name)
 
 
 def _interpret(obj: Any, name: str) -> Checkpoint:
-    from ..experiments.models import CHECKPOINT_FORMAT
-
     if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT:
         state = obj.get("state_dict")
         if not _is_state_dict(state):

@@ -4,7 +4,6 @@ plus the manual-gradient check of every supported layer."""
 from __future__ import annotations
 
 import copy
-import io
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,6 +14,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, ProbeError
+from .loading import safe_torch_load
 from ..recording import GradientMonitor
 from ..store import RunStore
 
@@ -66,9 +66,9 @@ def load_batch_file(source: str | os.PathLike[str] | bytes, max_bytes: int = 512
     if len(data) > max_bytes:
         raise ProbeError(f"the batch file is over {max_bytes / 2**20:.0f} MB")
     try:
-        obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - corrupt or unsafe files raise many types
-        raise ProbeError(f"the batch file could not be loaded safely ({type(exc).__name__}); save it with "
+        obj = safe_torch_load(data, "the batch file")
+    except CheckpointError as exc:
+        raise ProbeError(f"the batch file could not be loaded safely ({exc}); save it with "
                          "torch.save({'x': inputs, 'y': labels}, path)") from None
     if isinstance(obj, torch.Tensor):
         x, y = obj, None

@@ -212,7 +212,7 @@ def compare(variants: Sequence[str] = DEFAULT_VARIANTS, depth: int = 20, steps: 
     (``accuracy``, NaN in between), every per-layer statistic and kernel snapshots of the first, middle and
     last conv layer. A variant whose loss becomes NaN/Inf stops there; its run is kept, tagged
     ``diverged``, and the monitor's metadata (``first_nonfinite``) names the step and layer where it began.
-    The final weights are saved as ``<run dir>/model.pt`` (see :func:`diagnostics.experiments.models.load_project_checkpoint`).
+    The final weights are saved as ``<run dir>/model.pt`` (see :func:`diagnostics.load_project_checkpoint`).
 
     Example::
 

@@ -6,12 +6,12 @@ import hashlib
 import math
 import os
 from dataclasses import asdict, dataclass, fields
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 from torch import nn
 
-from ..errors import CheckpointError, ModelConfigError
+from ..errors import ModelConfigError
 
 #: The four standard variants of a comparison: name -> (residual, batchnorm).
 VARIANTS: dict[str, tuple[bool, bool]] = {
@@ -215,17 +215,9 @@ def conv_layer_names(model: nn.Module) -> list[str]:
 
 # --- checkpoints --------------------------------------------------------------------------------------------
 
-class LoadedCNN(NamedTuple):
-    """A loaded checkpoint: the rebuilt model, its architecture and the extra fields saved with it."""
-
-    model: CNN
-    config: CNNConfig
-    extra: dict[str, Any]
-
-
 def save_checkpoint(model: nn.Module, config: CNNConfig, path: str | os.PathLike[str],
                     extra: dict[str, Any] | None = None) -> None:
-    """Save weights and architecture so that :func:`load_project_checkpoint` can rebuild the model.
+    """Save weights and architecture so that :func:`~diagnostics.checkpoints.architecture.load_project_checkpoint` can rebuild the model.
 
     The file holds only plain types and tensors (it loads with ``torch.load(weights_only=True)``):
     ``{"format", "version", "config": dict, "state_dict": {name: tensor}, "extra": dict}``.
@@ -241,34 +233,3 @@ def save_checkpoint(model: nn.Module, config: CNNConfig, path: str | os.PathLike
     payload = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "config": config.to_dict(),
                "state_dict": state, "extra": dict(extra or {})}
     torch.save(payload, os.fspath(path))
-
-
-def load_project_checkpoint(path: str | os.PathLike[str]) -> LoadedCNN:
-    """Rebuild a model saved by :func:`save_checkpoint` (loaded with ``weights_only=True``, never unpickling code).
-
-    Raises:
-        CheckpointError: The file is missing, unreadable, not one of ours, or its weights do not fit the
-            recorded architecture.
-    """
-    try:
-        payload = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise CheckpointError(f"no checkpoint file at {path}") from None
-    except Exception as exc:  # noqa: BLE001 - torch raises many types for corrupt or unsafe files
-        raise CheckpointError(f"{path} could not be loaded safely ({type(exc).__name__}: {exc})") from None
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path} is not a checkpoint of this project's CNN family (no "
-                              f"format={CHECKPOINT_FORMAT!r} marker); save one with save_checkpoint()")
-    if int(payload.get("version", 0)) > CHECKPOINT_VERSION:
-        raise CheckpointError(f"{path} was written by a newer version (format {payload['version']}); upgrade")
-    try:
-        config = CNNConfig.from_dict(dict(payload["config"]))
-    except (KeyError, TypeError, ModelConfigError) as exc:
-        raise CheckpointError(f"{path}: the recorded architecture is invalid ({exc})") from None
-    model = build_cnn(config)
-    try:
-        model.load_state_dict(payload["state_dict"], strict=True)
-    except (KeyError, RuntimeError) as exc:
-        raise CheckpointError(f"{path}: the weights do not fit the recorded architecture ({exc})") from None
-    return LoadedCNN(model, config, dict(payload.get("extra", {})))
-

@@ -9,9 +9,10 @@ import torch
 from torch import nn
 
 import diagnostics as dx
+from diagnostics.checkpoints.architecture import load_project_checkpoint
 from diagnostics.experiments.models import (
     CHECKPOINT_FORMAT, VARIANTS, CNNConfig, ConvBlock, ModelConfigError, _init_layer, build_cnn, conv_layer_names,
-    load_project_checkpoint, save_checkpoint, variant_config,
+    save_checkpoint, variant_config,
 )
 
 

@@ -18,7 +18,8 @@ from diagnostics.cli import main
 from diagnostics.experiments.comparison import comparison_runs, comparisons, load_comparison
 from diagnostics.views.compare import compare_view, describe, ratio_frame, summarize
 from diagnostics.views.figures import PALETTE
-from diagnostics.experiments.models import VARIANTS, load_project_checkpoint
+from diagnostics.checkpoints.architecture import load_project_checkpoint
+from diagnostics.experiments.models import VARIANTS
 from diagnostics.experiments.launch import resolve_workers
 from diagnostics.experiments.jobs import ComparisonJob
 from diagnostics.experiments.syncbn import SyncBatchNormCPU
