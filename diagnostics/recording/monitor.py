@@ -30,18 +30,15 @@ from torch import nn
 from ..errors import MonitorError, NonFiniteGradientError, StoreError
 from ..store import ColumnBuffer, RunStore, RunWriter, new_run_id
 from . import native, stats
-from .buffers import Call, Kernels, StepBuffer
-from .layers import LayerTable, primary_output
+from .buffers import Kernels, StepBuffer
+from .hooks import Hooks, LiveState
+from .layers import LayerTable
 from .options import RESERVED_METRICS, make_options
-from .recorder import OpenStep, StepRecorder, apply_fused_updates, update_ratios
+from .recorder import OpenStep, StepRecorder, update_ratios
+from .updates import OptimizerSteps
 
 #: Modules (a monitored model and all its submodules) that have a monitor attached; weak references only.
 _ATTACHED: weakref.WeakSet[nn.Module] = weakref.WeakSet()
-
-
-def _graph_task_id() -> int:
-    """The running backward pass's id, or -1 outside backward (a forward inside backward is a recomputation)."""
-    return torch._C._current_graph_task_id()
 
 
 def unwrap_optimizer(optimizer: Any) -> torch.optim.Optimizer:
@@ -168,25 +165,16 @@ class GradientMonitor:
                                    "trains this model (update ratios would all read 0, 'no update')")
         self._group = None if isinstance(distributed, bool) else distributed
         self.run_id: str | None = None
-        self._handles: list[Any] = []                 # every hook handle, removed together
-        self._enabled = False
-        self._step = 0
-        self._recording = True
+        self._live = LiveState(activations=self.options.activations, histogram_every=self.options.histogram_every)
+        self._hooks = Hooks(self.table, self._live)    # the one owner of every hook handle
         self._fused: Kernels | None = None
-        self._arena_rows = max(256, 4 * len(self.table.rows))
-        self._buffer = StepBuffer()
+        self._live.arena_rows = max(256, 4 * len(self.table.rows))
         self._recorder: StepRecorder | None = None
         self._writer: RunWriter | None = None
         self._memory: dict[str, ColumnBuffer] = {t: ColumnBuffer() for t in ("layers", "steps", "params", "hist")}
         self._open: OpenStep | None = None
-        self._weight_copies: dict[str, torch.Tensor] = {}   # W before the optimizer step, then ΔW
-        self._copied: set[str] = set()
         self._warned_nonfinite = False
-        self._backwards = 0                  # backward events seen (parameter gradients or output gradients)
-        self._backwards_at_step = 0
-        self._closure_depth = 0              # inside a step(closure) evaluation
-        self._closure_evaluations = 0        # evaluations of the current optimizer step's closure
-        self._closure_recorded = False       # the current closure-based optimizer step has been recorded
+        self._updates: OptimizerSteps | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------------------
     def __enter__(self) -> GradientMonitor:
@@ -200,27 +188,34 @@ class GradientMonitor:
     def attach(self) -> None:
         """Add the hooks and open the run. On any failure nothing stays attached and :class:`MonitorError`
         says why (also when a monitor is already attached to this model)."""
-        if self._enabled or self._handles:
+        if self._live.enabled or len(self._hooks):
             raise MonitorError("this GradientMonitor is already attached; use one `with` block per monitor")
         if any(module in _ATTACHED for module in self.model.modules()):
             raise MonitorError(
                 f"{type(self.model).__name__} (or one of its submodules) already has a GradientMonitor attached; "
                 "leave the first monitor's `with` block (or call detach()) before attaching another")
         try:
-            self._add_hooks()
+            self._hooks.attach(self.model)
             self._fused = _fused_kernels() if self.options.fused else None
-            self._recorder = StepRecorder(self.table, self.options, self._group, self._fused is not None)
-            self._buffer = self._new_buffer()
+            self._recorder = StepRecorder(self.table, self.options, self._group, self._fused is not None,
+                                          self._live.scratch)
+            if self.optimizer is not None:
+                self._updates = OptimizerSteps(self.optimizer, self.table, self._live, self._fused is not None,
+                                               lambda: self._open, self.step, self._recorder.conv_weight)
+                self._hooks.add(self.optimizer.register_step_pre_hook(self._updates.before))
+                self._hooks.add(self.optimizer.register_step_post_hook(self._updates.after))
+            self._live.kernels = self._fused
+            self._live.fresh_buffer()
             self._open_run()
         except BaseException as exc:
             self._remove_hooks()
-            self._writer = None
+            self._writer = self._updates = None
             if isinstance(exc, (StoreError, OSError)):
                 raise MonitorError(f"the run could not be created in {self.store!r}: {exc}. Pass a writable "
                                    "folder (or a RunStore) as store=") from exc
             raise
         _ATTACHED.update(self.model.modules())
-        self._enabled = True
+        self._live.enabled = True
 
     def _open_run(self) -> None:
         if self.store is None:
@@ -242,218 +237,22 @@ class GradientMonitor:
 
     def detach(self, status: str = "finished", error: str | None = None) -> None:
         """Remove every hook (idempotent), store the last step and close the run."""
-        self._enabled = False
+        self._live.enabled = False
         self._remove_hooks()
         for module in self.model.modules():
             _ATTACHED.discard(module)
         try:
             self._commit_open()
         finally:
-            self._weight_copies = {}
+            if self._updates is not None:
+                self._updates.clear()
             if self._writer is not None:
                 if error:
                     self._writer.meta["error"] = error
                 self._writer.close(status=status)
 
     def _remove_hooks(self) -> None:
-        handles, self._handles = self._handles, []
-        for handle in handles:
-            handle.remove()
-
-    def _new_buffer(self) -> StepBuffer:
-        return StepBuffer.create(self._fused, self._arena_rows)
-
-    # -- hooks ---------------------------------------------------------------------------------------------
-    def _add_hooks(self) -> None:
-        for module, name in self.table.leaf_names().items():
-            if name in self.table.selected:
-                self._handles.append(module.register_forward_hook(self._make_forward_hook(name)))
-        self._handles.append(self.model.register_forward_pre_hook(self._before_model))
-        self._handles.append(self.model.register_forward_hook(self._after_model))
-        for param in self.table.params:
-            if param.tensor.requires_grad:
-                self._handles.append(param.tensor.register_post_accumulate_grad_hook(self._on_param_grad))
-        if self.optimizer is not None:
-            self._handles.append(self.optimizer.register_step_pre_hook(self._before_optimizer_step))
-            self._handles.append(self.optimizer.register_step_post_hook(self._after_optimizer_step))
-
-    def _on_param_grad(self, _: torch.Tensor) -> None:
-        self._backwards += 1
-
-    def _before_model(self, module: nn.Module, args: Any) -> None:
-        if self._enabled and self._recording and _graph_task_id() == -1:
-            self._buffer.start_pass(rooted=True)
-
-    def _after_model(self, module: nn.Module, args: Any, output: Any) -> None:
-        if not (self._enabled and self._recording) or _graph_task_id() != -1:
-            return
-        buf = self._buffer
-        p, buf.current = buf.current, None
-        out = primary_output(output)
-        if p is not None and out is not None and out.requires_grad and torch.is_grad_enabled():
-            p.tracked = True
-
-            def reached(_: torch.Tensor) -> None:
-                p.got_grad = True
-                self._backwards += 1
-            out.register_hook(reached)
-
-    def _make_forward_hook(self, name: str) -> Callable[..., None]:
-        activations = self.options.activations
-
-        def hook(module: nn.Module, inputs: Any, output: Any) -> None:
-            if not (self._enabled and self._recording):
-                return
-            buf = self._buffer
-            if _graph_task_id() != -1:                    # recomputed inside backward by a checkpoint
-                self._recomputed(name, buf, output)
-                return
-            out = primary_output(output)
-            p = buf.pass_for_call()
-            buf.forward_seq += 1
-            seq = buf.forward_seq
-            if module.training:
-                p.training = True
-            if not torch.is_grad_enabled():               # counts only if a checkpoint recomputes it
-                call = self._reduce_activation(out, seq, buf) if activations and out is not None else None
-                buf.nograd[name].append((p, call, seq))
-                return
-            p.add(name, seq)
-            if out is None or not activations:
-                return
-            p.acts[name].append(self._reduce_activation(out, seq, buf))
-            if out.requires_grad:
-                p.tracked = True
-                out.register_hook(self._make_grad_hook(name, p))
-        return hook
-
-    def _recomputed(self, name: str, buf: StepBuffer, output: Any) -> None:
-        """A forward inside backward: a reentrant checkpoint's recomputation takes over its no_grad call (its
-        output gradient is recorded); a non-reentrant one's recomputation is ignored."""
-        adopted = buf.adopt_nograd(name)
-        if adopted is None:
-            return
-        p, _ = adopted
-        out = primary_output(output)
-        if out is not None and out.requires_grad:
-            p.tracked = True
-            out.register_hook(self._make_grad_hook(name, p))
-
-    def _reduce_activation(self, out: torch.Tensor, seq: int, buf: StepBuffer) -> Call:
-        call = buf.fused(out, seq, 0)
-        if call is not None:
-            return call
-        x = out.detach()
-        scratch = self._recorder.scratch
-        sums = stats.activation_sums(x, scratch.like(x))
-        nonfinite = stats.nonfinite_count(x, sums)
-        if isinstance(nonfinite, int) and nonfinite:
-            # NaN poisons the sign-based count of non-zeros: count exactly on this rare path.
-            sums = sums.clone()
-            sums[2] = x.numel() - stats.zero_count_exact(x)
-        return Call(x.numel(), sums, nonfinite, seq)
-
-    def _make_grad_hook(self, name: str, p: Any) -> Callable[[torch.Tensor], None]:
-        def hook(grad: torch.Tensor) -> None:
-            if not (self._enabled and self._recording):
-                return
-            p.got_grad = True
-            self._backwards += 1
-            buf = self._buffer
-            buf.backward_seq += 1
-            call = buf.fused(grad, buf.backward_seq, 1)
-            if call is None:
-                g = grad.detach()
-                sums = stats.gradient_sums(g, self._recorder.scratch.like(g))
-                call = Call(g.numel(), sums, stats.nonfinite_count(g, sums), buf.backward_seq)
-            buf.grads[name].append(call)
-            if self._histogram_step(self._step):
-                h = stats.log10_histogram(grad.detach())
-                prev = buf.act_grad_hist.get(name)
-                buf.act_grad_hist[name] = h if prev is None else prev + h
-        return hook
-
-    # -- the optimizer step --------------------------------------------------------------------------------
-    def _tracked_in_optimizer(self) -> list[str]:
-        held = {id(p) for g in self.optimizer.param_groups for p in g["params"]}
-        return [p.name for p in self.table.params if id(p.tensor) in held and p.tensor.requires_grad]
-
-    def _before_optimizer_step(self, optimizer: Any, args: Any, kwargs: Any) -> Any:
-        if not self._enabled:
-            return None
-        closure = kwargs.get("closure", args[1] if len(args) > 1 else None)    # args[0] is the optimizer
-        if self._open is not None and self._open.awaiting_update:
-            self._copy_weights(self._open.with_grad & set(self._tracked_in_optimizer()))
-        elif callable(closure) and self._recording:
-            self._copy_weights(set(self._tracked_in_optimizer()))     # the step is recorded inside the closure
-        if not callable(closure):
-            return None
-        self._closure_evaluations = 0
-        self._closure_recorded = False
-        wrapped = self._wrap_closure(closure)
-        if "closure" in kwargs:
-            return args, {**kwargs, "closure": wrapped}
-        return (args[0], wrapped, *args[2:]), kwargs
-
-    def _wrap_closure(self, closure: Callable[[], Any]) -> Callable[[], Any]:
-        def wrapped() -> Any:
-            self._closure_evaluations += 1
-            self._closure_depth += 1
-            try:
-                result = closure()
-            finally:
-                self._closure_depth -= 1
-            if self._enabled and self._closure_evaluations == 1 and not self._closure_recorded \
-                    and self._backwards != self._backwards_at_step:
-                loss = result if isinstance(result, torch.Tensor) and result.numel() == 1 else None
-                self.step(loss=loss)
-            elif self._enabled and self._closure_evaluations > 1:
-                self._buffer = self._new_buffer()                 # later evaluations are not a step
-                self._backwards_at_step = self._backwards
-            return result
-        return wrapped
-
-    def _copy_weights(self, names: set[str]) -> None:
-        with torch.no_grad():
-            # Copy into buffers kept between steps: no fresh allocation (and page faults) per step.
-            for param in self.table.params:
-                if param.name not in names:
-                    continue
-                p = param.tensor.detach()
-                old = self._weight_copies.get(param.name)
-                if old is None or old.shape != p.shape or old.device != p.device or old.dtype != p.dtype:
-                    self._weight_copies[param.name] = old = torch.empty_like(p)
-                old.copy_(p)
-        self._copied = set(names)
-
-    def _after_optimizer_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
-        open_step, copied, self._copied = self._open, self._copied, set()
-        if not (self._enabled and open_step is not None and open_step.awaiting_update and copied):
-            return
-        names = copied & open_step.with_grad
-        snapshot_weights = {self._recorder._conv_weight(layer) for layer in open_step.kernels}
-        with torch.no_grad():
-            fused: list[tuple[str, torch.Tensor, torch.Tensor]] = []
-            for param in self.table.params:
-                if param.name not in names:
-                    continue
-                p, old = param.tensor.detach(), self._weight_copies[param.name]
-                if self._fused is not None and param.tensor not in snapshot_weights and native.eligible_pair(p, old):
-                    fused.append((param.name, p, old))           # ‖ΔW‖² in one read of both, ΔW never written
-                    continue
-                delta = torch.sub(p, old, out=old)               # ΔW in place
-                open_step.updates[param.name] = float(stats.squared_norm(delta))
-            apply_fused_updates(open_step, fused)
-            for layer in open_step.kernels:
-                weight = self._recorder._conv_weight(layer)
-                name = next((q.name for q in self.table.params if q.tensor is weight), None)
-                if name in names:
-                    open_step.kernel_updates[layer] = self._weight_copies[name].float().cpu().numpy().copy()
-        open_step.awaiting_update = False
-
-    def _histogram_step(self, step: int) -> bool:
-        every = self.options.histogram_every
-        return every > 0 and step % every == 0
+        self._hooks.remove()
 
     # -- the step ------------------------------------------------------------------------------------------
     def step(self, loss: Any = None, **metrics: Any) -> None:
@@ -462,7 +261,7 @@ class GradientMonitor:
 
         Inside an optimizer's ``step(closure)``, only the first call per optimizer step records.
         """
-        if not self._enabled:
+        if not self._live.enabled:
             raise MonitorError("step() was called outside the monitor's `with` block (or after detach())")
         if loss is not None:
             _check_scalar("loss", loss)
@@ -471,30 +270,31 @@ class GradientMonitor:
                 raise MonitorError(f"step(): the metric name {key!r} is a column the monitor writes itself; "
                                    f"rename it (reserved: {sorted(RESERVED_METRICS)})")
             _check_scalar(f"metric {key!r}", value)
-        if self._closure_depth and (self._closure_evaluations > 1 or self._closure_recorded):
-            self._buffer = self._new_buffer()                 # a later evaluation of the same optimizer step
-            self._backwards_at_step = self._backwards
+        updates = self._updates
+        if updates is not None and updates.later_evaluation():
+            self._live.fresh_buffer()                 # a later evaluation of the same optimizer step
+            self._live.backwards_at_step = self._live.backwards
             return
         self._check_backward()
-        if self._closure_depth:
-            self._closure_recorded = True
-        self._backwards_at_step = self._backwards
+        if updates is not None and updates.closure_depth:
+            updates.closure_recorded = True
+        self._live.backwards_at_step = self._live.backwards
         self._commit_open()
-        step = self._step
-        buf = self._buffer
+        step = self._live.step
+        buf = self._live.buffer
         if buf.arena is not None and buf.used >= len(buf.arena):    # it overflowed: give the next step twice
-            self._arena_rows = 2 * len(buf.arena)
-        self._buffer = self._new_buffer()
-        self._step += 1
-        recorded = self._recording
-        self._recording = self._step % self.options.every == 0
+            self._live.arena_rows = 2 * len(buf.arena)
+        self._live.fresh_buffer()
+        self._live.step += 1
+        recorded = self._live.recording
+        self._live.recording = self._live.step % self.options.every == 0
         if recorded:
             self._record(step, buf, loss, metrics)
 
     def _check_backward(self) -> None:
-        if self._backwards != self._backwards_at_step:
+        if self._live.backwards != self._live.backwards_at_step:
             return
-        if self._backwards > 0:
+        if self._live.backwards > 0:
             raise MonitorError("step() was called twice after one backward pass: call it once per training "
                                "step, after loss.backward() and before optimizer.step()")
         trainable = [p.tensor for p in self.table.params if p.tensor.requires_grad]
@@ -507,12 +307,10 @@ class GradientMonitor:
         if self.scaler is not None and getattr(self.scaler, "is_enabled", lambda: True)():
             scale = float(self.scaler.get_scale())
             weight_scale = 1.0 if _grads_already_unscaled(self.scaler) else scale
-        in_optimizer = None
-        if self.optimizer is not None:
-            in_optimizer = {id(p) for g in self.optimizer.param_groups for p in g["params"]}
+        in_optimizer = None if self._updates is None else self._updates.held()
         self._open = self._recorder.record(
             step, buf, loss, metrics, scale=scale, weight_scale=weight_scale, in_optimizer=in_optimizer,
-            writer=self._writer, histogram=self._histogram_step(step),
+            writer=self._writer, histogram=self._live.histogram_step(step),
             awaiting_update=self.optimizer is not None)
         forward, backward = self._open.nonfinite_forward, self._open.nonfinite_backward
         if self.optimizer is None:
@@ -571,9 +369,24 @@ class GradientMonitor:
 
     # -- results -------------------------------------------------------------------------------------------
     @property
+    def histogram_every(self) -> int:
+        """Histograms are stored every this many steps (0: never)."""
+        return self.options.histogram_every
+
+    @property
+    def activations(self) -> bool:
+        """Whether activation and output-gradient statistics are recorded."""
+        return self.options.activations
+
+    @property
+    def weight_norms(self) -> bool:
+        """Whether ‖W‖ is recorded."""
+        return self.options.weight_norms
+
+    @property
     def steps_seen(self) -> int:
         """How many steps were closed (optimizer steps for ``step(closure)`` optimizers)."""
-        return self._step
+        return self._live.step
 
     def _collect(self, table: str) -> pd.DataFrame:
         if self.store is not None and self._writer is not None:
@@ -617,6 +430,6 @@ class GradientMonitor:
     def _commit_if_finished(self) -> None:
         # A step still waiting for its optimizer update is included with update_ratio NaN only once the
         # monitor is closed; while attached it is committed as soon as the next step() or exit comes.
-        if not self._enabled:
+        if not self._live.enabled:
             self._commit_open()
 

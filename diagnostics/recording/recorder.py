@@ -73,18 +73,19 @@ def _number(value: Any) -> float:
 class StepRecorder:
     """Turns one step's :class:`StepBuffer` into rows; keeps what lasts across steps (depth, snapshots)."""
 
-    def __init__(self, table: LayerTable, options: MonitorOptions, group: Any, fused: bool) -> None:
+    def __init__(self, table: LayerTable, options: MonitorOptions, group: Any, fused: bool,
+                 scratch: Scratch) -> None:
         self.table = table
         self.options = options
         self.group = group
         self.fused = fused
         self.depth: dict[str, int] = {}               # row name -> rank, fixed when first recorded
-        self.scratch = Scratch()
+        self.scratch = scratch
         self._segments: dict[tuple[tuple[int, ...], torch.device], torch.Tensor] = {}
         self.snapshots = None if options.kernels is None else KernelSnapshots(
-            options.kernels, options.kernel_every, options.kernel_max_mb, self._conv_weight)
+            options.kernels, options.kernel_every, options.kernel_max_mb, self.conv_weight)
 
-    def _conv_weight(self, label: str) -> torch.nn.Parameter | None:
+    def conv_weight(self, label: str) -> torch.nn.Parameter | None:
         row = self.table.rows.get("" if label == self.table.root_type else label)
         return next((p.tensor for p in row.params if p.attr == "weight"), None) if row else None
 

@@ -190,7 +190,7 @@ def _record(model: torch.nn.Module, x: torch.Tensor, steps: int = 2, arena_rows:
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     mon = dx.GradientMonitor(model, **options)
     if arena_rows is not None:
-        mon._arena_rows = arena_rows
+        mon._live.arena_rows = arena_rows
     with mon:
         for _ in range(steps):
             model(x).square().mean().backward()
@@ -243,7 +243,7 @@ def test_a_full_arena_hands_the_rest_of_the_step_to_pytorch_and_grows():
     reference = _record(_net(), x).frame()
     torch.manual_seed(1)
     mon = _record(_net(), x, arena_rows=3)   # room for 3 of the 14 reductions per step
-    assert mon._arena_rows == 12             # doubled after each overflowing step: 3 -> 6 -> 12
+    assert mon._live.arena_rows == 12             # doubled after each overflowing step: 3 -> 6 -> 12
     assert_same_statistics(mon.frame(), reference)
 
 

@@ -210,3 +210,11 @@ def test_failed_steps_leave_the_model_untouched():
         with dx.GradientMonitor(model) as mon:
             mon.step()
     assert hook_state(model) == before
+
+
+def test_compile_prefix_is_left_out_of_names():
+    from diagnostics.recording.layers import LayerTable
+
+    model = nn.Sequential(nn.Linear(3, 3), nn.ReLU())
+    table = LayerTable(torch.compile(model, backend="aot_eager"))        # not run: the names only
+    assert sorted(table.rows) == ["", "0", "1"] and table.root_type == "Sequential"

@@ -1,0 +1,184 @@
+"""The hooks on the model: one owner of every handle, and what each hook writes into the step's buffer.
+
+* A forward hook on every leaf reduces the module's primary output at once and, when it requires a gradient,
+  registers ``output.register_hook`` for the output gradient (module full-backward hooks break on in-place ReLU).
+* A forward pre-hook and a forward hook on the model delimit a pass and tell whether backward reached it.
+* A post-accumulate-grad hook on every trainable parameter counts backward passes (for ``step()`` misuse).
+* A forward inside backward (``torch._C._current_graph_task_id() != -1``) is a checkpoint's recomputation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import stats
+from .buffers import Call, Kernels, Pass, Scratch, StepBuffer
+from .layers import LayerTable, primary_output
+
+
+def graph_task_id() -> int:
+    """The running backward pass's id, or -1 outside backward (a forward inside backward is a recomputation)."""
+    return torch._C._current_graph_task_id()
+
+
+@dataclass
+class LiveState:
+    """What the hooks read and write while the model trains; the monitor swaps ``buffer`` at each step."""
+
+    activations: bool
+    histogram_every: int
+    enabled: bool = False
+    recording: bool = True              # the current step is recorded
+    step: int = 0                       # the current step's number
+    buffer: StepBuffer = field(default_factory=StepBuffer)
+    backwards: int = 0                  # backward events seen (parameter gradients or output gradients)
+    backwards_at_step: int = 0          # ... when the last step was closed
+    scratch: Scratch = field(default_factory=Scratch)
+    kernels: Kernels | None = None      # the fused CPU kernels, when they can be used
+    arena_rows: int = 256               # rows of the next buffer's arena (doubled when one overflows)
+
+    def histogram_step(self, step: int) -> bool:
+        return self.histogram_every > 0 and step % self.histogram_every == 0
+
+    def fresh_buffer(self) -> StepBuffer:
+        """Start a new step's buffer (the old one is returned to whoever closes the step)."""
+        old, self.buffer = self.buffer, StepBuffer.create(self.kernels, self.arena_rows)
+        return old
+
+
+class Hooks:
+    """Adds and removes every hook of one monitor; the handles are kept here and nowhere else."""
+
+    def __init__(self, table: LayerTable, live: LiveState) -> None:
+        self.table = table
+        self.live = live
+        self._handles: list[Any] = []
+
+    def __len__(self) -> int:
+        return len(self._handles)
+
+    def add(self, handle: Any) -> None:
+        self._handles.append(handle)
+
+    def attach(self, model: nn.Module) -> None:
+        """Hook every selected leaf, the model's passes and the trainable parameters."""
+        for module, name in self.table.leaf_names().items():
+            if name in self.table.selected:
+                self.add(module.register_forward_hook(self._forward_hook(name)))
+        self.add(model.register_forward_pre_hook(self._before_model))
+        self.add(model.register_forward_hook(self._after_model))
+        for param in self.table.params:
+            if param.tensor.requires_grad:
+                self.add(param.tensor.register_post_accumulate_grad_hook(self._on_param_grad))
+
+    def remove(self) -> None:
+        """Remove every handle (idempotent)."""
+        handles, self._handles = self._handles, []
+        for handle in handles:
+            handle.remove()
+
+    # -- the hooks -----------------------------------------------------------------------------------------
+    def _on_param_grad(self, _: torch.Tensor) -> None:
+        self.live.backwards += 1
+
+    def _before_model(self, module: nn.Module, args: Any) -> None:
+        live = self.live
+        if live.enabled and live.recording and graph_task_id() == -1:
+            live.buffer.start_pass(rooted=True)
+
+    def _after_model(self, module: nn.Module, args: Any, output: Any) -> None:
+        live = self.live
+        if not (live.enabled and live.recording) or graph_task_id() != -1:
+            return
+        buf = live.buffer
+        p, buf.current = buf.current, None
+        out = primary_output(output)
+        if p is not None and out is not None and out.requires_grad and torch.is_grad_enabled():
+            p.tracked = True
+
+            def reached(_: torch.Tensor) -> None:
+                p.got_grad = True
+                live.backwards += 1
+            out.register_hook(reached)
+
+    def _forward_hook(self, name: str) -> Callable[..., None]:
+        live = self.live
+        activations = live.activations
+
+        def hook(module: nn.Module, inputs: Any, output: Any) -> None:
+            if not (live.enabled and live.recording):
+                return
+            buf = live.buffer
+            if graph_task_id() != -1:                     # recomputed inside backward by a checkpoint
+                self._recomputed(name, buf, output)
+                return
+            out = primary_output(output)
+            p = buf.pass_for_call()
+            buf.forward_seq += 1
+            seq = buf.forward_seq
+            if module.training:
+                p.training = True
+            if not torch.is_grad_enabled():               # counts only if a checkpoint recomputes it
+                call = self._reduce_activation(out, seq, buf) if activations and out is not None else None
+                buf.nograd[name].append((p, call, seq))
+                return
+            p.add(name, seq)
+            if out is None or not activations:
+                return
+            p.acts[name].append(self._reduce_activation(out, seq, buf))
+            if out.requires_grad:
+                p.tracked = True
+                out.register_hook(self._grad_hook(name, p))
+        return hook
+
+    def _recomputed(self, name: str, buf: StepBuffer, output: Any) -> None:
+        """A forward inside backward: a reentrant checkpoint's recomputation takes over its no_grad call (its
+        output gradient is recorded); a non-reentrant one's recomputation is ignored."""
+        adopted = buf.adopt_nograd(name)
+        if adopted is None:
+            return
+        p, _ = adopted
+        out = primary_output(output)
+        if out is not None and out.requires_grad:
+            p.tracked = True
+            out.register_hook(self._grad_hook(name, p))
+
+    def _reduce_activation(self, out: torch.Tensor, seq: int, buf: StepBuffer) -> Call:
+        call = buf.fused(out, seq, 0)
+        if call is not None:
+            return call
+        x = out.detach()
+        sums = stats.activation_sums(x, self.live.scratch.like(x))
+        nonfinite = stats.nonfinite_count(x, sums)
+        if isinstance(nonfinite, int) and nonfinite:
+            # NaN poisons the sign-based count of non-zeros: count exactly on this rare path.
+            sums = sums.clone()
+            sums[2] = x.numel() - stats.zero_count_exact(x)
+        return Call(x.numel(), sums, nonfinite, seq)
+
+    def _grad_hook(self, name: str, p: Pass) -> Callable[[torch.Tensor], None]:
+        live = self.live
+
+        def hook(grad: torch.Tensor) -> None:
+            if not (live.enabled and live.recording):
+                return
+            p.got_grad = True
+            live.backwards += 1
+            buf = live.buffer
+            buf.backward_seq += 1
+            call = buf.fused(grad, buf.backward_seq, 1)
+            if call is None:
+                g = grad.detach()
+                sums = stats.gradient_sums(g, live.scratch.like(g))
+                call = Call(g.numel(), sums, stats.nonfinite_count(g, sums), buf.backward_seq)
+            buf.grads[name].append(call)
+            if live.histogram_step(live.step):
+                h = stats.log10_histogram(grad.detach())
+                prev = buf.act_grad_hist.get(name)
+                buf.act_grad_hist[name] = h if prev is None else prev + h
+        return hook

@@ -1,0 +1,129 @@
+"""The optimizer's side of a step: W copied before a recorded optimizer step, ‖ΔW‖² after it, closures.
+
+Optimizers that run the backward inside ``step(closure)`` (LBFGS, Lightning's loops) get their closure wrapped:
+the first evaluation of each optimizer step is recorded (by a ``mon.step()`` inside the closure, or else by the
+wrapper itself, with the closure's loss); later evaluations of the same step are not steps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from . import native, stats
+from .hooks import LiveState
+from .layers import LayerTable
+from .recorder import OpenStep, apply_fused_updates
+
+
+class OptimizerSteps:
+    """Ties a monitor to its (unwrapped) optimizer through step pre/post hooks."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, table: LayerTable, live: LiveState, fused: bool,
+                 open_step: Callable[[], OpenStep | None], record: Callable[..., None],
+                 conv_weight: Callable[[str], torch.nn.Parameter | None]) -> None:
+        self.optimizer = optimizer
+        self.table = table
+        self.live = live
+        self.fused = fused
+        self._open_step = open_step                  # the monitor's step awaiting its update, if any
+        self._record = record                        # the monitor's step()
+        self._conv_weight = conv_weight
+        self._copies: dict[str, torch.Tensor] = {}   # W before the optimizer step, then ΔW
+        self._copied: set[str] = set()
+        self.closure_depth = 0                       # inside a step(closure) evaluation
+        self.closure_evaluations = 0                 # evaluations of the current optimizer step's closure
+        self.closure_recorded = False                # the current closure-based step has been recorded
+
+    def held(self) -> set[int]:
+        """ids of the parameters the optimizer holds now."""
+        return {id(p) for g in self.optimizer.param_groups for p in g["params"]}
+
+    def later_evaluation(self) -> bool:
+        """Whether a ``step()`` now comes from a later evaluation of an optimizer step already recorded."""
+        return bool(self.closure_depth) and (self.closure_evaluations > 1 or self.closure_recorded)
+
+    def clear(self) -> None:
+        self._copies = {}
+        self._copied = set()
+
+    def before(self, optimizer: Any, args: Any, kwargs: Any) -> Any:
+        """Step pre-hook: copy the weights a recorded step will measure ΔW of; wrap a closure."""
+        if not self.live.enabled:
+            return None
+        closure = kwargs.get("closure", args[1] if len(args) > 1 else None)    # args[0] is the optimizer
+        held = self.held()
+        tracked = {p.name for p in self.table.params if id(p.tensor) in held and p.tensor.requires_grad}
+        open_step = self._open_step()
+        if open_step is not None and open_step.awaiting_update:
+            self._copy(open_step.with_grad & tracked)
+        elif callable(closure) and self.live.recording:
+            self._copy(tracked)                                      # the step is recorded inside the closure
+        if not callable(closure):
+            return None
+        self.closure_evaluations = 0
+        self.closure_recorded = False
+        wrapped = self._wrap(closure)
+        if "closure" in kwargs:
+            return args, {**kwargs, "closure": wrapped}
+        return (args[0], wrapped, *args[2:]), kwargs
+
+    def _wrap(self, closure: Callable[[], Any]) -> Callable[[], Any]:
+        live = self.live
+
+        def wrapped() -> Any:
+            self.closure_evaluations += 1
+            self.closure_depth += 1
+            try:
+                result = closure()
+            finally:
+                self.closure_depth -= 1
+            if live.enabled and self.closure_evaluations == 1 and not self.closure_recorded \
+                    and live.backwards != live.backwards_at_step:
+                self._record(loss=result if isinstance(result, torch.Tensor) and result.numel() == 1 else None)
+            elif live.enabled and self.closure_evaluations > 1:
+                live.fresh_buffer()                                  # later evaluations are not a step
+                live.backwards_at_step = live.backwards
+            return result
+        return wrapped
+
+    def _copy(self, names: set[str]) -> None:
+        with torch.no_grad():
+            # Copy into buffers kept between steps: no fresh allocation (and page faults) per step.
+            for param in self.table.params:
+                if param.name not in names:
+                    continue
+                p = param.tensor.detach()
+                old = self._copies.get(param.name)
+                if old is None or old.shape != p.shape or old.device != p.device or old.dtype != p.dtype:
+                    self._copies[param.name] = old = torch.empty_like(p)
+                old.copy_(p)
+        self._copied = set(names)
+
+    def after(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        """Step post-hook: ‖ΔW‖² of every copied parameter into the step awaiting its update."""
+        open_step, copied, self._copied = self._open_step(), self._copied, set()
+        if not (self.live.enabled and open_step is not None and open_step.awaiting_update and copied):
+            return
+        names = copied & open_step.with_grad
+        snapshot = {id(self._conv_weight(layer)) for layer in open_step.kernels}    # their ΔW is kept whole
+        with torch.no_grad():
+            fused: list[tuple[str, torch.Tensor, torch.Tensor]] = []
+            for param in self.table.params:
+                if param.name not in names:
+                    continue
+                p, old = param.tensor.detach(), self._copies[param.name]
+                if self.fused and id(param.tensor) not in snapshot and native.eligible_pair(p, old):
+                    fused.append((param.name, p, old))           # ‖ΔW‖² in one read of both, ΔW never written
+                    continue
+                delta = torch.sub(p, old, out=old)               # ΔW in place
+                open_step.updates[param.name] = float(stats.squared_norm(delta))
+            apply_fused_updates(open_step, fused)
+            for layer in open_step.kernels:
+                weight = self._conv_weight(layer)
+                name = next((q.name for q in self.table.params if q.tensor is weight), None)
+                if name in names:
+                    open_step.kernel_updates[layer] = self._copies[name].float().cpu().numpy().copy()
+        open_step.awaiting_update = False
