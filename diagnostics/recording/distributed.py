@@ -24,13 +24,16 @@ def world_size(group: Any) -> int:
 
 
 def all_reduce_step(acts: dict[str, list[Call]], grads: dict[str, list[Call]], calls: Mapping[str, int],
-                    group: Any = None) -> None:
+                    loss: float, group: Any = None) -> float:
     """Combine one step's per-call sums across the processes of ``group``, in place, outside any hook.
 
     Σx, Σx², non-zero, element and NaN/Inf counts are added; maxima take the maximum. Each rank's loss
     averages only its local batch, so a local output gradient is ``W`` times the gradient of the global mean
     loss: Σ|g| is divided by W, Σg² by W², max|g| by W. The result equals one process on the global batch.
     Two collectives per step (plus one small consistency check).
+
+    Returns:
+        The loss averaged over the ranks (the global batch's mean loss for equal local batches).
     """
     import torch.distributed as dist
 
@@ -54,7 +57,9 @@ def all_reduce_step(acts: dict[str, list[Call]], grads: dict[str, list[Call]], c
         raise MonitorError("the ranks recorded different layers or call counts in one step; every rank must run "
                            "the same model code on a batch of the same shape")
     if not every:
-        return
+        total = torch.tensor([loss], dtype=torch.float64, device=device)
+        dist.all_reduce(total, group=group)
+        return float(total) / world
 
     def nonfinite(call: Call) -> torch.Tensor:
         value = call.nonfinite
@@ -65,15 +70,16 @@ def all_reduce_step(acts: dict[str, list[Call]], grads: dict[str, list[Call]], c
     numel = [torch.tensor([float(c.numel)], dtype=torch.float64, device=device) for c in every]
     n_acts = len(act_items)
     added = torch.cat([                                                 # every additive number, in order
+        torch.tensor([loss], dtype=torch.float64, device=device),
         *(torch.cat([c.sums.to(torch.float64), n, nonfinite(c)]) for c, n in zip(every[:n_acts], numel)),
         *(torch.cat([c.sums[:2].to(torch.float64), n, nonfinite(c)]) for c, n in
           zip(every[n_acts:], numel[n_acts:])),
-    ])                                                                  # (5 * acts + 4 * grads,)
+    ])                                                                  # (1 + 5 * acts + 4 * grads,)
     maxima = torch.stack([c.sums[2].to(torch.float64) for c in every[n_acts:]]) if grad_items else None
     dist.all_reduce(added, group=group)
     if maxima is not None:
         dist.all_reduce(maxima, op=dist.ReduceOp.MAX, group=group)
-    pos = 0
+    pos = 1
     for name, i, call in act_items:
         s = added[pos:pos + 5]
         acts[name][i] = replace(call, numel=int(s[3].item()), sums=s[:3].clone(), nonfinite=int(s[4].item()))
@@ -83,3 +89,4 @@ def all_reduce_step(acts: dict[str, list[Call]], grads: dict[str, list[Call]], c
         sums = torch.stack([s[0] / world, s[1] / world**2, maxima[k] / world])  # (3,) of the global mean loss
         grads[name][i] = replace(call, numel=int(s[2].item()), sums=sums, nonfinite=int(s[3].item()))
         pos += 4
+    return float(added[0]) / world

@@ -104,6 +104,8 @@ class GradientMonitor:
         store: A :class:`RunStore` or a folder path to write the run to (``None`` keeps it in memory only).
         run_name: Human name of the run (default: the model's class name).
         every: Record every ``every``-th step only (step 0, every, 2*every, ...).
+        first_step: The number of the first step: a resumed training passes its global step, so that its run
+            lines up with the first one on the pages (and ``every`` counts from step 0).
         optimizer: Needed for ``update_ratio`` (‖ΔW‖/‖W‖ of the optimizer step after a recorded backward) and
             ``in_optimizer``. Wrappers with an ``.optimizer`` attribute are unwrapped. With ``step(closure)``
             optimizers (LBFGS) each optimizer step is recorded once, at its first closure evaluation.
@@ -129,7 +131,8 @@ class GradientMonitor:
     """
 
     def __init__(self, model: nn.Module, store: RunStore | str | os.PathLike[str] | None = None,
-                 run_name: str | None = None, *, every: int = 1, optimizer: Any = None, scaler: Any = None,
+                 run_name: str | None = None, *, every: int = 1, first_step: int = 0, optimizer: Any = None,
+                 scaler: Any = None,
                  layers: Sequence[str] | None = None,
                  layer_types: type[nn.Module] | tuple[type[nn.Module], ...] | None = None,
                  histogram_every: int = 0, on_nonfinite: str = "warn",
@@ -140,7 +143,7 @@ class GradientMonitor:
         if not isinstance(model, nn.Module):
             raise MonitorError(f"GradientMonitor needs an nn.Module, got {type(model).__name__}")
         self.options = make_options(
-            every=every, layers=layers, layer_types=layer_types, histogram_every=histogram_every,
+            every=every, first_step=first_step, layers=layers, layer_types=layer_types, histogram_every=histogram_every,
             on_nonfinite=on_nonfinite, kernels=kernels, kernel_every=kernel_every, kernel_max_mb=kernel_max_mb,
             flush_every=flush_every, activations=activations,
             weight_norms=bool(weight_norms) or optimizer is not None, distributed=distributed, fused=fused,
@@ -165,7 +168,9 @@ class GradientMonitor:
                                    "trains this model (update ratios would all read 0, 'no update')")
         self._group = None if isinstance(distributed, bool) else distributed
         self.run_id: str | None = None
-        self._live = LiveState(activations=self.options.activations, histogram_every=self.options.histogram_every)
+        opts = self.options
+        self._live = LiveState(activations=opts.activations, histogram_every=opts.histogram_every,
+                               step=opts.first_step, recording=opts.first_step % opts.every == 0)
         self._hooks = Hooks(self.table, self._live)    # the one owner of every hook handle
         self._fused: Kernels | None = None
         self._live.arena_rows = max(256, 4 * len(self.table.rows))
@@ -383,10 +388,28 @@ class GradientMonitor:
         """Whether ‖W‖ is recorded."""
         return self.options.weight_norms
 
+    def annotate(self, **metrics: Any) -> bool:
+        """Add per-step metrics known only after the optimizer step (a framework's logged values) to the step
+        ``step()`` recorded last, while it waits for its update. ``loss`` may be given here too.
+
+        Returns:
+            False when that step was not recorded (``every``) or is already stored; nothing is changed then.
+        """
+        for key, value in metrics.items():
+            if key in RESERVED_METRICS and key != "loss":
+                raise MonitorError(f"annotate(): the metric name {key!r} is a column the monitor writes itself")
+            _check_scalar(f"metric {key!r}", value)
+        if self._open is None:
+            return False
+        for key, value in metrics.items():
+            self._open.steps[key] = float(value.detach().float().cpu()) if isinstance(value, torch.Tensor) \
+                else float(value)
+        return True
+
     @property
     def steps_seen(self) -> int:
         """How many steps were closed (optimizer steps for ``step(closure)`` optimizers)."""
-        return self._live.step
+        return self._live.step - self.options.first_step
 
     def _collect(self, table: str) -> pd.DataFrame:
         if self.store is not None and self._writer is not None:

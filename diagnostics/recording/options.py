@@ -23,6 +23,7 @@ class MonitorOptions:
     """What a :class:`~diagnostics.recording.GradientMonitor` records, and how often (see its docstring)."""
 
     every: int = 1                                  # record steps 0, every, 2*every, ...
+    first_step: int = 0                             # number of the first step (a resumed training's global step)
     layers: tuple[str, ...] | None = None           # qualified names or fnmatch patterns of rows to keep
     layer_types: tuple[type[nn.Module], ...] | None = None   # module classes of rows to keep
     histogram_every: int = 0                        # log10|g| histograms every this many steps (0: never)
@@ -45,7 +46,7 @@ def _count(name: str, value: Any, minimum: int) -> int:
     return int(value)
 
 
-def make_options(*, every: Any = 1, layers: Sequence[str] | str | None = None,
+def make_options(*, every: Any = 1, first_step: Any = 0, layers: Sequence[str] | str | None = None,
                  layer_types: type[nn.Module] | Sequence[type[nn.Module]] | None = None,
                  histogram_every: Any = 0, on_nonfinite: str = "warn",
                  kernels: Sequence[str] | str | None = None, kernel_every: Any = 50,
@@ -76,7 +77,7 @@ def make_options(*, every: Any = 1, layers: Sequence[str] | str | None = None,
         raise MonitorError("histograms are not supported with distributed=... (one rank's output-gradient "
                            "histogram is not the global batch's); use histogram_every=0")
     return MonitorOptions(
-        every=_count("every", every, 1), layers=None if layers is None else tuple(layers),
+        every=_count("every", every, 1), first_step=_count("first_step", first_step, 0), layers=None if layers is None else tuple(layers),
         layer_types=None if layer_types is None else tuple(layer_types),
         histogram_every=histogram_every, on_nonfinite=on_nonfinite, kernels=kernels,
         kernel_every=_count("kernel_every", kernel_every, 1), kernel_max_mb=float(kernel_max_mb),

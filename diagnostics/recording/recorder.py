@@ -106,7 +106,8 @@ class StepRecorder:
         acts, calls, first = buf.committed()
         grads = buf.grads
         if opts.distributed and world_size(self.group) > 1:
-            all_reduce_step(acts, grads, calls, self.group)
+            local = math.nan if loss is None else _number(loss)
+            loss = all_reduce_step(acts, grads, calls, local, self.group)       # the global batch's mean loss
         transfer = Transfer()
         act_off = _queue_calls(transfer, acts)
         grad_off = _queue_calls(transfer, grads)

@@ -218,3 +218,27 @@ def test_compile_prefix_is_left_out_of_names():
     model = nn.Sequential(nn.Linear(3, 3), nn.ReLU())
     table = LayerTable(torch.compile(model, backend="aot_eager"))        # not run: the names only
     assert sorted(table.rows) == ["", "0", "1"] and table.root_type == "Sequential"
+
+
+def test_a_resumed_training_numbers_its_steps_from_its_global_step():
+    model = nn.Linear(3, 1)
+    with dx.GradientMonitor(model, first_step=10, every=4) as mon:
+        for _ in range(5):
+            model(torch.randn(2, 3)).sum().backward()
+            mon.step()
+    assert mon.step_frame()["step"].tolist() == [12] and mon.steps_seen == 5
+
+
+def test_annotate_adds_values_known_after_the_optimizer_step():
+    model = nn.Linear(3, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with dx.GradientMonitor(model, optimizer=opt) as mon:
+        model(torch.randn(2, 3)).sum().backward()
+        mon.step()
+        opt.step()
+        assert mon.annotate(loss=0.25, logged=torch.tensor(3.0))
+        with pytest.raises(dx.MonitorError, match="'grad_norm_total' is a column"):
+            mon.annotate(grad_norm_total=1.0)
+    row = mon.step_frame().iloc[0]
+    assert row["loss"] == 0.25 and row["logged"] == 3.0
+    assert not mon.annotate(late=1.0)                             # already stored
