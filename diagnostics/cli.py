@@ -105,7 +105,7 @@ def _model_for_check(name_or_path: str, input_size: int, seed: int):
 
     from .checkpoints.architecture import rebuild
     from .checkpoints.loading import load_checkpoint
-    from .views.checks import make_input
+    from .views.catalogue import make_input
 
     path = Path(name_or_path).expanduser()
     looks_like_path = path.suffix in (".pt", ".pth", ".ckpt", ".bin", ".safetensors") or os.sep in name_or_path
@@ -145,7 +145,8 @@ def _print_check_report(report: pd.DataFrame, keys: Sequence[str]) -> None:
 def cmd_check(args: argparse.Namespace) -> int:
     """Check the manual backward rules against autograd (and finite differences); 1 on any failure, 2 on errors."""
     from . import manual
-    from .views.checks import EXAMPLES, check_examples, single_thread
+    from .views.catalogue import single_thread
+    from .views.checks import EXAMPLES, check_examples
 
     module = args.module.lower() if args.module else ("all" if args.model is None else None)
     if module is not None and module != "all" and module not in EXAMPLES:

@@ -6,15 +6,12 @@ import hashlib
 import io
 from pathlib import Path
 
-import pandas as pd
 import streamlit as st
 
 import diagnostics as dx
-from diagnostics.checkpoints.architecture import Recognition, conv_kernels, layer_table, recognise, weight_summary
+from diagnostics.checkpoints.architecture import Recognition, recognise
 from diagnostics.checkpoints.loading import load_checkpoint
-from diagnostics.views.matrices import depth_profile, stat_matrix_from_frame
-from diagnostics.views.figures import depth_figure, kernel_grid_figure, run_colors
-from diagnostics.checkpoints.probe import Batch, load_batch_file
+from diagnostics.views.checkpoint import ProbeView, weights_view
 
 
 @st.cache_resource(show_spinner="Loading the checkpoint safely…", max_entries=8)
@@ -59,31 +56,21 @@ def show_recognition(ckpt: dx.Checkpoint, rec: Recognition) -> None:
     if rec.metadata:
         with st.expander("Metadata saved with the weights"):
             st.json(rec.metadata, expanded=False)
-    if rec.built is not None:
-        with st.expander(f"Layers ({len(layer_table(rec.built.model))})"):
-            st.dataframe(layer_table(rec.built.model), hide_index=True, width="stretch")
+    view = weights_view(ckpt, rec)
+    if view.layers is not None:
+        with st.expander(f"Layers ({len(view.layers)})"):
+            st.dataframe(view.layers, hide_index=True, width="stretch")
         return
     st.warning(rec.problem)
-    summary = weight_summary(ckpt.state_dict)
-    st.dataframe(summary[["param", "shape", "numel", "norm", "mean_abs", "max_abs", "nonfinite"]], hide_index=True,
-                 width="stretch")
-    kernels = conv_kernels(ckpt.state_dict)
-    if kernels:
-        layer = st.selectbox("Conv weights", list(kernels), key=f"ckpt_wk_{ckpt.source}")
-        w = kernels[layer][:16, :16]
-        st.plotly_chart(kernel_grid_figure(w, f"W of {layer} (first 16×16 channel pairs)"),
-                        key=f"ckpt_wfig_{ckpt.source}")
+    st.dataframe(view.summary, hide_index=True, width="stretch")
+    if view.kernels:
+        layer = st.selectbox("Conv weights", list(view.kernels), key=f"ckpt_wk_{ckpt.source}")
+        st.plotly_chart(view.kernels[layer], key=f"ckpt_wfig_{ckpt.source}")
 
 
-def show_probes(results: dict[str, dx.ProbeResult], store: dx.RunStore) -> None:
+def show_probes(results: dict[str, dx.ProbeResult], view: ProbeView) -> None:
     """Gradient vs depth of every probed checkpoint on one chart, then each one's kernels and layer checks."""
-    names = {r.run_id: name for name, r in results.items()}
-    colors = run_colors(store.run_ids())            # the same colour per run as on every other page
-    profiles = []
-    for name, result in results.items():
-        matrix = stat_matrix_from_frame(result.frame, result.run_id, "weight_grad_norm")
-        profiles.append(depth_profile(matrix, int(matrix.steps[-1])) if not matrix.empty else pd.DataFrame())
-    st.plotly_chart(depth_figure(profiles, "weight_grad_norm", True, colors, names), key="ckpt_depth")
+    st.plotly_chart(view.depth, key="ckpt_depth")
     for name, result in results.items():
         st.markdown(f"#### {name}")
         if result.synthetic:
@@ -92,24 +79,15 @@ def show_probes(results: dict[str, dx.ProbeResult], store: dx.RunStore) -> None:
         else:
             st.caption(f"Batch: {result.batch_source}. Loss per step: "
                        + ", ".join(f"{v:.4g}" for v in result.losses))
-        steps = store.kernel_steps(result.run_id)
-        if steps:
-            snap = store.kernel_snapshot(result.run_id, steps[-1])
-            layer = next(iter(snap.arrays))
-            st.plotly_chart(kernel_grid_figure(snap.arrays[layer]["grad"][:16, :16],
-                                               f"∂L/∂W of {layer} (first 16×16 channel pairs)"),
-                            key=f"ckpt_kfig_{result.run_id}")
-        if not result.checks.empty:
-            failed = result.checks["status"].eq("fail").sum()
+        if name in view.kernels:
+            st.plotly_chart(view.kernels[name], key=f"ckpt_kfig_{result.run_id}")
+        checks = view.checks[name]
+        if not checks.empty:
+            failed = checks["status"].eq("fail").sum()
             (st.error if failed else st.success)(
                 f"Manual backward vs autograd on every supported layer: {failed} failure(s) in "
-                f"{len(result.checks)} comparisons ({result.checks['status'].eq('skipped').sum()} skipped).")
-            st.dataframe(result.checks[["layer", "tensor", "reference", "max_abs_err", "max_rel_err", "status",
-                                        "reason"]], hide_index=True, width="stretch",
+                f"{len(checks)} comparisons ({checks['status'].eq('skipped').sum()} skipped).")
+            st.dataframe(checks[["layer", "tensor", "reference", "max_abs_err", "max_rel_err", "status", "reason"]],
+                         hide_index=True, width="stretch",
                          column_config={c: st.column_config.NumberColumn(format="%.2e")
                                         for c in ("max_abs_err", "max_rel_err")})
-
-
-def batch_from_upload(upload) -> Batch | None:
-    """A batch from an uploaded tensor file (``torch.save({"x": x, "y": y})``), or None."""
-    return None if upload is None else load_batch_file(upload.getvalue())

@@ -7,8 +7,9 @@ from typing import Any
 import streamlit as st
 
 from diagnostics.manual import PADDING_MODES
-from diagnostics.views.checks import (LAYERS, CheckResult, Duality, build_layer, check_layer,
-                                     input_shape, make_input, transpose_duality)
+from diagnostics.views.catalogue import LAYERS, input_shape
+from diagnostics.views.checks import CheckView, check_view, selector_sizes
+from diagnostics.views.figures import gradient_figure
 
 
 class _Grid:
@@ -171,12 +172,32 @@ def input_shape_widgets(layer: str) -> tuple[int, ...]:
 
 
 @st.cache_data(show_spinner="Checking the manual gradients…", max_entries=64)
-def cached_check(layer: str, options: dict[str, Any], shape: tuple[int, ...], impl: str, seed: int) -> CheckResult:
-    """:func:`~diagnostics.views.checks.check_layer`, cached by its arguments (errors are not cached)."""
-    return check_layer(layer, options, shape, impl=impl, seed=seed)
+def cached_check_view(layer: str, options: dict[str, Any], shape: tuple[int, ...], impl: str, seed: int) -> CheckView:
+    """:func:`~diagnostics.views.checks.check_view`, cached by its arguments (errors are not cached)."""
+    return check_view(layer, options, shape, impl=impl, seed=seed)
 
 
-@st.cache_data(show_spinner=False, max_entries=64)
-def cached_duality(layer: str, options: dict[str, Any], shape: tuple[int, ...], seed: int) -> Duality:
-    """:func:`~diagnostics.views.checks.transpose_duality` of the layer on the page's input, cached."""
-    return transpose_duality(build_layer(layer, options, shape[1], seed), make_input(shape, seed), seed)
+#: Per gradient: the pickers' widget keys and the figure title; per layer kind, the pickers' labels.
+_HEATMAPS = {"input": (("chk_sample", "chk_channel"), "∂L/∂X", "sample {}, channel {}"),
+             "weight": (("chk_weight_first", "chk_weight_second"), "∂L/∂W", "kernel [{}, {}]")}
+
+
+def gradient_heatmap(view: CheckView, tensor: str) -> None:
+    """The manual, autograd and difference heatmaps of ∂L/∂X or ∂L/∂W, with pickers for the 2-d slice drawn."""
+    grad = view.result.manual[tensor]
+    keys, title, where = _HEATMAPS[tensor]
+    if tensor == "input":
+        names = ("Sample n", "Channel c")
+    elif view.family == "conv_transpose":
+        names = ("Input channel", "Output channel (in its group)")
+    else:
+        names = ("Output channel", "Input channel (in its group)")
+    first = second = 0
+    sizes = selector_sizes(grad.shape)
+    if sizes:
+        c1, c2 = st.columns(2)
+        first = int(c1.number_input(names[0], 0, sizes[0] - 1, 0, key=keys[0]))
+        second = int(c2.number_input(names[1], 0, sizes[1] - 1, 0, key=keys[1]))
+        title += f" ({where.format(first, second)})"
+    st.plotly_chart(gradient_figure(grad, view.result.autograd[tensor], title, tensor, first, second),
+                    key=f"chk_fig_{tensor}")

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from diagnostics.views.checks import LAYERS
+from diagnostics.views.catalogue import LAYERS
 
 ROOT = Path(__file__).resolve().parents[2]
 APP = str(ROOT / "app.py")

@@ -1,4 +1,4 @@
-"""diagnostics.views.checks: layers from options, checks, formulas, heatmaps and the transposed-convolution duality."""
+"""The Gradient checks view: layers from options (catalogue), checks, formulas, heatmaps, the transposed-convolution duality."""
 
 from __future__ import annotations
 
@@ -8,22 +8,24 @@ import torch
 from torch import nn
 
 import diagnostics.manual as manual
+from diagnostics.manual import duality as dual
+from diagnostics.views import catalogue
 from diagnostics.views import checks as cv
 from diagnostics.views import figures
 from diagnostics.views.figures import DIVERGING
 
 
 def test_every_layer_type_with_a_manual_rule_is_offered_and_has_examples():
-    assert sorted(spec.cls.__name__ for spec in cv.LAYERS.values()) == \
+    assert sorted(spec.cls.__name__ for spec in catalogue.LAYERS.values()) == \
         sorted(t.__name__ for t in manual.supported_module_types())
-    assert list(cv.EXAMPLES) == list(cv.LAYERS)
-    assert all(cv.EXAMPLES[key] for key in cv.LAYERS)
+    assert list(cv.EXAMPLES) == list(catalogue.LAYERS)
+    assert all(cv.EXAMPLES[key] for key in catalogue.LAYERS)
 
 
-@pytest.mark.parametrize("key", list(cv.LAYERS))
+@pytest.mark.parametrize("key", list(catalogue.LAYERS))
 def test_build_layer_with_the_defaults(key):
-    module = cv.build_layer(key, {}, channels=3)
-    spec = cv.LAYERS[key]
+    module = catalogue.build_layer(key, {}, channels=3)
+    spec = catalogue.LAYERS[key]
     assert type(module) is spec.cls and module.training
     if spec.channel_arg is not None:
         assert getattr(module, spec.channel_arg) == 3
@@ -33,17 +35,17 @@ def test_build_layer_applies_options_and_seeds_the_weights_without_touching_the_
     state = torch.random.get_rng_state()
     options = {"out_channels": 6, "kernel_size": (2, 3), "stride": (2, 1), "padding": "valid", "groups": 3,
                "bias": False, "padding_mode": "circular", "dilation": (1, 2)}
-    a = cv.build_layer("conv2d", options, channels=3, seed=5)
-    b = cv.build_layer("conv2d", options, channels=3, seed=5)
+    a = catalogue.build_layer("conv2d", options, channels=3, seed=5)
+    b = catalogue.build_layer("conv2d", options, channels=3, seed=5)
     assert torch.equal(torch.random.get_rng_state(), state)
     assert (a.out_channels, a.kernel_size, a.stride, a.padding, a.groups, a.bias, a.padding_mode, a.dilation) == \
         (6, (2, 3), (2, 1), "valid", 3, None, "circular", (1, 2))
     torch.testing.assert_close(a.weight, b.weight, rtol=0, atol=0)
-    assert not torch.equal(a.weight, cv.build_layer("conv2d", options, channels=3, seed=6).weight)
+    assert not torch.equal(a.weight, catalogue.build_layer("conv2d", options, channels=3, seed=6).weight)
 
 
 def test_build_layer_batch_norm_in_eval_mode_gets_non_trivial_statistics():
-    module = cv.build_layer("batchnorm2d", {"mode": "eval"}, channels=4, seed=1)
+    module = catalogue.build_layer("batchnorm2d", {"mode": "eval"}, channels=4, seed=1)
     assert not module.training
     assert not torch.equal(module.running_mean, torch.zeros(4))
     assert bool((module.running_var > 0).all()) and not torch.equal(module.weight, torch.ones(4))
@@ -58,7 +60,7 @@ def test_build_layer_batch_norm_in_eval_mode_gets_non_trivial_statistics():
 ], ids=["same-with-stride", "groups-in-channels", "groups-1d", "padding-mode", "unknown-type"])
 def test_build_layer_reports_pytorchs_reason(key, options, message):
     with pytest.raises(cv.LayerOptionsError, match=r"^(PyTorch refuses|unknown layer type)") as caught:
-        cv.build_layer(key, options, channels=3)
+        catalogue.build_layer(key, options, channels=3)
     assert message in str(caught.value)
 
 
@@ -122,9 +124,9 @@ def test_check_layer_with_an_empty_batch_skips_the_empty_input():
 
 
 def test_run_check_leaves_the_module_as_it_was():
-    module = cv.build_layer("batchnorm2d", {}, channels=3)
+    module = catalogue.build_layer("batchnorm2d", {}, channels=3)
     before = {k: v.clone() for k, v in module.state_dict().items()}
-    cv.run_check(module, cv.make_input((4, 3, 2, 2)))
+    cv.run_check(module, catalogue.make_input((4, 3, 2, 2)))
     assert module.training and all(p.grad is None for p in module.parameters())
     for key, value in module.state_dict().items():
         torch.testing.assert_close(value, before[key], rtol=0, atol=0)
@@ -138,12 +140,12 @@ def test_run_check_leaves_the_module_as_it_was():
     ("batchnorm1d", (2, 3, 7, 0), (2, 3)),
 ], ids=["NCHW", "NCL", "NF", "NCL-optional", "NC"])
 def test_input_shape_follows_the_layout(key, sizes, shape):
-    assert cv.input_shape(key, *sizes) == shape
+    assert catalogue.input_shape(key, *sizes) == shape
 
 
-@pytest.mark.parametrize("key", list(cv.LAYERS))
+@pytest.mark.parametrize("key", list(catalogue.LAYERS))
 def test_formulas_cover_the_forward_and_every_gradient(key):
-    module = cv.build_layer(key, {}, channels=3)
+    module = catalogue.build_layer(key, {}, channels=3)
     entries = cv.formulas(key, module)
     assert entries[0][0].startswith("Forward")
     assert any("Input gradient" in what for what, _ in entries)
@@ -156,8 +158,8 @@ def test_formulas_name_the_textbook_rules():
     conv = dict(cv.formulas("conv2d"))
     assert any(r"\operatorname{rot}_{180}(W)" in latex for latex in conv.values())
     assert r"\mathbb{1}[X > 0]" in cv.formulas("relu")[1][1]
-    train = cv.formulas("batchnorm2d", cv.build_layer("batchnorm2d", {}, 3))
-    evaluation = cv.formulas("batchnorm2d", cv.build_layer("batchnorm2d", {"mode": "eval"}, 3))
+    train = cv.formulas("batchnorm2d", catalogue.build_layer("batchnorm2d", {}, 3))
+    evaluation = cv.formulas("batchnorm2d", catalogue.build_layer("batchnorm2d", {"mode": "eval"}, 3))
     assert "batch statistics" in train[0][0] and "running statistics" in evaluation[0][0]
     assert "D" in cv.formulas("avgpool2d")[1][1] and r"\arg\max" in cv.formulas("maxpool1d")[1][1]
 
@@ -168,7 +170,7 @@ def test_formulas_name_the_textbook_rules():
     ("batchnorm1d", {"affine": False}, ["Bias (beta) gradient", "Weight (gamma) gradient"]),
 ], ids=["conv-no-bias", "linear-no-bias", "batchnorm-not-affine"])
 def test_formulas_leave_out_the_gradients_of_missing_parameters(key, options, left_out):
-    whats = [what for what, _ in cv.formulas(key, cv.build_layer(key, options, 3))]
+    whats = [what for what, _ in cv.formulas(key, catalogue.build_layer(key, options, 3))]
     assert not set(left_out) & set(whats)
     assert set(left_out) <= {what for what, _ in cv.formulas(key)}
     assert "Input gradient" in " ".join(whats)
@@ -227,8 +229,8 @@ def test_gradient_figure_of_an_exact_match_keeps_a_valid_colour_range():
 ], ids=["conv2d", "conv2d-stride-groups", "conv2d-same-asymmetric", "conv2d-reflect", "conv1d",
         "convtranspose2d", "convtranspose2d-output-padding-beyond-stride"])
 def test_transpose_duality_holds(key, options, shape):
-    module = cv.build_layer(key, options, shape[1], seed=4)
-    duality = cv.transpose_duality(module, cv.make_input(shape, 4), seed=4)
+    module = catalogue.build_layer(key, options, shape[1], seed=4)
+    duality = dual.transpose_duality(module, catalogue.make_input(shape, 4), seed=4)
     assert duality.scale > 0
     assert duality.max_rel_diff < 1e-12
     if key != "convtranspose2d":
@@ -239,8 +241,8 @@ def test_transpose_duality_holds(key, options, shape):
 
 def test_transpose_duality_shape_arithmetic_by_hand():
     """H = 8, k = 3, s = 2, p = 1: H_out = floor((8 + 2 - 2 - 1) / 2) + 1 = 4; (8 + 2 - 2 - 1) mod 2 = 1."""
-    module = cv.build_layer("conv2d", {"stride": (2, 2)}, 3)
-    duality = cv.transpose_duality(module, cv.make_input((1, 3, 8, 7)))
+    module = catalogue.build_layer("conv2d", {"stride": (2, 2)}, 3)
+    duality = dual.transpose_duality(module, catalogue.make_input((1, 3, 8, 7)))
     rows = duality.table.set_index("dimension")
     assert rows.loc["H", ["H_out (conv)", "output_padding", "H_out (transpose)"]].tolist() == [4, 1, 8]
     assert rows.loc["W", ["H_out (conv)", "output_padding", "H_out (transpose)"]].tolist() == [4, 0, 7]
@@ -249,7 +251,7 @@ def test_transpose_duality_shape_arithmetic_by_hand():
 
 def test_transpose_duality_refuses_other_layers():
     with pytest.raises(cv.LayerOptionsError, match="duality applies to Conv1d, Conv2d and ConvTranspose2d") as caught:
-        cv.transpose_duality(nn.ReLU(), torch.randn(1, 2, 3, 3))
+        dual.transpose_duality(nn.ReLU(), torch.randn(1, 2, 3, 3))
     assert "not ReLU" in str(caught.value)
 
 
@@ -259,9 +261,9 @@ def test_transpose_duality_refuses_other_layers():
     ({"padding": "same", "kernel_size": (4, 2)}, (1, 3, 5, 5)),
 ], ids=["default", "strided", "same"])
 def test_conv_output_table_matches_pytorch(options, shape):
-    module = cv.build_layer("conv2d", options, shape[1])
-    table = cv.conv_output_table(module, shape)
-    assert tuple(table["H_out"]) == tuple(module(cv.make_input(shape)).shape[2:])
+    module = catalogue.build_layer("conv2d", options, shape[1])
+    table = dual.conv_output_table(module, shape)
+    assert tuple(table["H_out"]) == tuple(module(catalogue.make_input(shape)).shape[2:])
 
 
 def test_check_examples_labels_every_row():
@@ -274,7 +276,7 @@ def test_check_examples_labels_every_row():
 def test_single_thread_restores_the_thread_count():
     threads = torch.get_num_threads()
     with pytest.raises(RuntimeError, match="inside"):
-        with cv.single_thread():
+        with catalogue.single_thread():
             assert torch.get_num_threads() == 1
             raise RuntimeError("inside")
     assert torch.get_num_threads() == threads
