@@ -6,7 +6,7 @@ from diagnostics.views.figures import label, run_colors
 from diagnostics.views.matrices import FLOW_STATISTICS, layers_with_values
 from diagnostics.views.gradient_flow import FlowOptions, default_trend_layers, gradient_flow_view
 from ui.common import StreamlitLoader, guard, load_runs, pick_runs, require_router, run_labels, store_root
-from ui.flow import export_section, show_findings, threshold_inputs
+from ui.flow import layer_pickers, page_sections, show_flow, threshold_inputs
 
 require_router()
 st.title("Gradient flow")
@@ -58,19 +58,10 @@ def body() -> None:
         if len(chosen) > 1 else chosen[0]
     heat = loader.stat_matrix(heat_run, stat)
     layers = list(heat.layers)
-    default = default_trend_layers(layers_with_values(heat) or layers)
 
     # Containers in page order; the widgets inside them are read before the (single) view is built.
-    boxes = {name: st.container() for name in ("findings", "depth", "heat", "trends", "hist", "export")}
-    with boxes["trends"]:
-        st.subheader("Trends over steps")
-        picked = st.multiselect("Layers", layers, default=default, key="flow_layers")
-    with boxes["hist"]:
-        st.subheader("Distribution over time")
-        h1, h2 = st.columns([3, 1])
-        hist_layer = h1.selectbox("Layer", layers, key="flow_hist_layer")
-        kind = h2.radio("Gradient of", ["weight_grad", "act_grad"], key="flow_hist_kind",
-                        format_func={"weight_grad": "weights", "act_grad": "outputs"}.get)
+    boxes = page_sections()
+    picked, hist_layer, kind = layer_pickers(boxes, layers, default_trend_layers(layers_with_values(heat) or layers))
     options = FlowOptions(chosen, stat, log, step, extra, heat_run, picked, hist_layer, kind,
                           thresholds=thresholds)
     with guard("build the charts") as built:
@@ -78,23 +69,7 @@ def body() -> None:
     if built.failed:
         return
 
-    with boxes["findings"]:
-        st.subheader("Findings")
-        show_findings(view, names)
-    boxes["depth"].plotly_chart(view.figures["depth"], key="fig_depth")
-    with boxes["heat"]:
-        st.subheader("Layer × step")
-        tab_w, tab_a = st.tabs(["weight gradients", "activation gradients"])
-        tab_w.plotly_chart(view.figures["heat_weight"], key="fig_heat_w")
-        tab_a.plotly_chart(view.figures["heat_act"], key="fig_heat_a")
-    for key in ("trends", "ratio", "loss_norm"):
-        boxes["trends"].plotly_chart(view.figures[key], key=f"fig_{key}")
-    if "histogram" in view.figures:
-        boxes["hist"].plotly_chart(view.figures["histogram"], key="fig_hist")
-        boxes["hist"].plotly_chart(view.figures["quantiles"], key="fig_quant")
-    with boxes["export"]:
-        st.subheader("Export")
-        export_section(view, store_root(), chosen, names, stat)
+    show_flow(view, boxes, store_root(), chosen, names, stat)
 
 
 body()

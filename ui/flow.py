@@ -1,4 +1,4 @@
-"""Widgets of the Gradient flow page that are more than one line: thresholds and the export section."""
+"""Pieces of the Gradient flow page: thresholds, the layer pickers, the findings, the charts and the export."""
 
 from __future__ import annotations
 
@@ -88,3 +88,43 @@ def export_section(view: FlowView, root: str, runs: list[str], names: dict[str, 
         c4.download_button("Download HTML report", st.session_state["html_report"][1], f"{run}-report.html",
                            "text/html", width="stretch")
 
+
+
+def page_sections() -> dict:
+    """The page's sections as containers, in page order (filled after the view is built)."""
+    return {name: st.container() for name in ("findings", "depth", "heat", "trends", "hist", "export")}
+
+
+def layer_pickers(boxes: dict, layers: list[str], default: list[str]) -> tuple[list[str], str | None, str]:
+    """The trend layers, the histogram layer and the gradient it shows, each in its section."""
+    with boxes["trends"]:
+        st.subheader("Trends over steps")
+        picked = st.multiselect("Layers", layers, default=default, key="flow_layers")
+    with boxes["hist"]:
+        st.subheader("Distribution over time")
+        h1, h2 = st.columns([3, 1])
+        hist_layer = h1.selectbox("Layer", layers, key="flow_hist_layer")
+        kind = h2.radio("Gradient of", ["weight_grad", "act_grad"], key="flow_hist_kind",
+                        format_func={"weight_grad": "weights", "act_grad": "outputs"}.get)
+    return picked, hist_layer, kind
+
+
+def show_flow(view: FlowView, boxes: dict, root: str, runs: list[str], names: dict[str, str], stat: str) -> None:
+    """Every finding and chart of the view in its section, then the export."""
+    with boxes["findings"]:
+        st.subheader("Findings")
+        show_findings(view, names)
+    boxes["depth"].plotly_chart(view.figures["depth"], key="fig_depth")
+    with boxes["heat"]:
+        st.subheader("Layer × step")
+        tab_w, tab_a = st.tabs(["weight gradients", "activation gradients"])
+        tab_w.plotly_chart(view.figures["heat_weight"], key="fig_heat_w")
+        tab_a.plotly_chart(view.figures["heat_act"], key="fig_heat_a")
+    for key in ("trends", "ratio", "loss_norm"):
+        boxes["trends"].plotly_chart(view.figures[key], key=f"fig_{key}")
+    if "histogram" in view.figures:
+        boxes["hist"].plotly_chart(view.figures["histogram"], key="fig_hist")
+        boxes["hist"].plotly_chart(view.figures["quantiles"], key="fig_quant")
+    with boxes["export"]:
+        st.subheader("Export")
+        export_section(view, root, runs, names, stat)
