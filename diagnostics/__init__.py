@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from .checkpoints.architecture import BuiltModel, build_model, load_project_checkpoint, rebuild
 from .checkpoints.loading import Checkpoint, load_checkpoint
-from .checkpoints.probe import ProbeResult, probe
+from .checkpoints.probing import ProbeResult, probe
 from .errors import (CheckpointError, DataError, DiagnosticsError, ManualGradError, ModelConfigError, MonitorError,
                      NonFiniteGradientError, ProbeError, StoreError, TrainingError)
 from .experiments.data import DataSplit, load_dataset

@@ -51,7 +51,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     from .experiments.comparison import load_comparison
     from .experiments.launch import compare, in_torchrun
-    from .views.compare import summarize
+    from .views.training_comparison import summarize
 
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     rank0 = not in_torchrun() or os.environ.get("RANK") == "0"

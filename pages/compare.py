@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from diagnostics.views.compare import DEPTH_STATS, compare_view, profile_steps, recorded_steps
+from diagnostics.views.training_comparison import DEPTH_STATS, compare_view, profile_steps, recorded_steps
 from ui.common import guard, require_router, store_root
 from ui.compare import (GROUP_KEY, JOB_KEY, comparison_data, past_comparisons, progress_panel, settings_form,
                         show_job_error, start_job)

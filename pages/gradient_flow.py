@@ -5,15 +5,12 @@ import streamlit as st
 from diagnostics.views.figures import label, run_colors
 from diagnostics.views.matrices import FLOW_STATISTICS, layers_with_values
 from diagnostics.views.gradient_flow import FlowOptions, default_trend_layers, gradient_flow_view
-from ui.common import StreamlitLoader, guard, load_runs, pick_runs, require_router, run_labels, store_root
+from ui.common import StreamlitLoader, guard, pick_runs, require_router, run_labels, runs_or_stop, store_root
 from ui.flow import layer_pickers, page_sections, show_flow, threshold_inputs
 
 require_router()
 st.title("Gradient flow")
-runs = load_runs()
-if runs.empty:
-    st.info("No runs yet. Record one from your training script (see the Runs page), then come back here.")
-    st.stop()
+runs = runs_or_stop()
 
 c1, c2, c3 = st.columns([3, 2, 1])
 with c1:

@@ -4,14 +4,11 @@ import streamlit as st
 
 import diagnostics as dx
 from diagnostics.views.kernels import KINDS, kernel_view, page_count
-from ui.common import guard, kernel_snapshot, load_runs, pick_runs, require_router, run_signature, store_root
+from ui.common import guard, kernel_snapshot, pick_runs, require_router, run_signature, runs_or_stop, store_root
 
 require_router()
 st.title("Kernel heatmaps")
-runs = load_runs()
-if runs.empty:
-    st.info("No runs yet. Record one from your training script (see the Runs page), then come back here.")
-    st.stop()
+runs = runs_or_stop()
 root = store_root()
 store = dx.RunStore(root)
 with_kernels = [r for r in runs["run"] if store.has_kernels(r)]

@@ -86,6 +86,15 @@ def load_runs() -> pd.DataFrame:
     return runs
 
 
+def runs_or_stop() -> pd.DataFrame:
+    """The runs of the chosen store; stops the page with a hint when there are none yet."""
+    runs = load_runs()
+    if runs.empty:
+        st.info("No runs yet. Record one from your training script (see the Runs page), then come back here.")
+        st.stop()
+    return runs
+
+
 def run_signature(root: str, run: str) -> int:
     """Changes whenever the run's writer flushes (so a running run's cached data refreshes)."""
     return dx.RunStore(root).run_version(run)

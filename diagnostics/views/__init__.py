@@ -2,7 +2,8 @@
 
 Owns the data shaping of a run for charts (``matrices``), every figure with its one palette (``figures``),
 the automatic diagnosis (``diagnosis``), the HTML report and exports, and a view per dashboard page
-(``gradient_flow``, ``kernels``, ``compare``, ``checks``, ``checkpoint``). It may import every other part of the
+(``gradient_flow``, ``kernels``, ``training_comparison``, ``checks``, ``checkpoint``, with ``catalogue``
+(the checkable layers) for ``checks``). It may import every other part of the
 library but only the public names of :mod:`diagnostics.recording` and its column names
 (:mod:`diagnostics.recording.stats`); it never imports streamlit, so pages, the CLI and scripts share it.
 """

@@ -10,7 +10,7 @@ import plotly.graph_objects as go
 
 from ..checkpoints.architecture import Recognition, conv_kernels, layer_table, weight_summary
 from ..checkpoints.loading import Checkpoint
-from ..checkpoints.probe import ProbeResult, folder_batch, load_batch_file, probe
+from ..checkpoints.probing import ProbeResult, folder_batch, load_batch_file, probe
 from ..errors import DiagnosticsError
 from ..store import RunStore
 from . import figures

@@ -16,7 +16,7 @@ from torch import nn
 import diagnostics as dx
 from diagnostics.cli import main
 from diagnostics.experiments.comparison import comparison_runs, comparisons, load_comparison
-from diagnostics.views.compare import compare_view, describe, ratio_frame, summarize
+from diagnostics.views.training_comparison import compare_view, describe, ratio_frame, summarize
 from diagnostics.views.figures import PALETTE
 from diagnostics.checkpoints.architecture import load_project_checkpoint
 from diagnostics.experiments.models import VARIANTS

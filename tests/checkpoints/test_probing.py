@@ -11,7 +11,7 @@ import torchvision
 from PIL import Image
 
 import diagnostics as dx
-from diagnostics.checkpoints.probe import Batch, ProbeError, folder_batch, load_batch_file
+from diagnostics.checkpoints.probing import Batch, ProbeError, folder_batch, load_batch_file
 
 
 def test_a_project_cnn_is_probed_on_the_bundled_digits_and_recorded(store):

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from diagnostics.experiments.comparison import ComparisonData
-from diagnostics.views.compare import compare_view, describe, profile_steps
+from diagnostics.views.training_comparison import compare_view, describe, profile_steps
 
 
 def summary_rows(*rows: dict) -> pd.DataFrame:
