@@ -245,3 +245,32 @@ def test_a_corrupt_chunk_gives_a_store_error_not_a_crash(store):
 def test_a_missing_store_root_is_an_empty_store(tmp_path):
     store = dx.RunStore(tmp_path / "nowhere")
     assert store.runs().empty and store.run_ids() == []
+
+
+def test_versions_change_when_a_run_is_written_or_annotated_and_only_then(store):
+    writer = store.create_run("live")
+    run = writer.run_id
+    before, run_before = store.version(), store.run_version(run)
+    assert store.version() == before and store.run_version(run) == run_before          # nothing changed
+    time.sleep(0.01)                                                                     # a new mtime
+    writer.append("steps", {"step": [0], "loss": [1.0]})
+    writer.end_step()
+    writer.flush()
+    assert store.run_version(run) != run_before and store.version() != before
+    written = store.run_version(run)
+    time.sleep(0.01)
+    store.rename(run, "renamed")
+    assert store.run_version(run) != written
+    writer.close()
+    assert store.run_version("no-such-run") == store.run_version("also-missing")       # unreadable: a constant
+
+
+def test_kernel_snapshots_have_one_file_name_and_are_found_by_the_store(store):
+    writer = store.create_run("kernels")
+    assert not store.has_kernels(writer.run_id) or store.kernel_steps(writer.run_id) == []
+    writer.write_kernels(7, {"conv|grad": torch.ones(2, 1, 3, 3).numpy()})
+    writer.close()
+    assert store.has_kernels(writer.run_id) and store.kernel_steps(writer.run_id) == [7]
+    assert store.kernel_snapshot(writer.run_id, 7).arrays["conv"]["grad"].shape == (2, 1, 3, 3)
+    from diagnostics.store.layout import snapshot_name, snapshot_step
+    assert snapshot_step(snapshot_name(7)) == 7 and snapshot_step("notes.txt") is None
