@@ -166,3 +166,43 @@ def test_fsdp_strategy_is_refused() -> None:
 def test_options_are_checked_when_the_callback_is_made(option: dict[str, Any], match: str) -> None:
     with pytest.raises(dx.MonitorError, match=match):
         GradientFlowCallback(store="runs", **option)
+
+
+def run_script(name: str, *args: str, launcher: list[str] | None = None, timeout: int = 240) -> None:
+    """Run tests/integrations/scripts/<name> in a fresh process (one thread per process) and fail on its error."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)}
+    command = [*(launcher or [sys.executable]), str(root / "tests" / "integrations" / "scripts" / name), *args]
+    done = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+
+def test_ddp_two_processes_write_one_run_of_the_global_batch(tmp_path) -> None:
+    run_script("lightning_ddp.py", str(tmp_path / "runs"), str(tmp_path), "lightning.pytorch")
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
+    store = dx.RunStore(tmp_path / "runs")
+    assert store.runs()["run"].tolist() == [ranks[0]["run_id"]] == [ranks[1]["run_id"]]    # one run, one id
+    run_id = ranks[0]["run_id"]
+    meta = store.meta(run_id)
+    assert (meta["status"], meta["world_size"], meta["strategy"]) == ("finished", 2, "DDPStrategy")
+    steps = store.step_frame(run_id)
+    # 32 samples over 2 ranks, batch 4, accumulate 2: 2 optimizer steps per epoch, 2 epochs.
+    assert steps["step"].tolist() == list(range(ranks[0]["global_step"])) == [0, 1, 2, 3]
+    for row in steps.itertuples():
+        for rank in ranks:                          # DDP's all-reduce gave both ranks the global-batch gradient
+            assert row.grad_norm_total == pytest.approx(norm(list(rank["grads"][row.step].values())), rel=1e-4)
+        assert row.grad_norm_total > 3 * CLIP
+        losses = [loss for rank in ranks for step, loss in rank["losses"] if step == row.step]
+        assert len(losses) == 4
+        assert row.loss == pytest.approx(sum(losses) / 4, rel=1e-4)      # the global batch's mean loss
+
+    class Capture:
+        grads, before, after = ranks[0]["grads"], ranks[0]["before"], ranks[0]["after"]
+
+    check_layers(store, run_id, Capture)
+    assert not ranks[0]["hooks_left"] and not ranks[1]["hooks_left"]
