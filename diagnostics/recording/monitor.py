@@ -42,11 +42,15 @@ _ATTACHED: weakref.WeakSet[nn.Module] = weakref.WeakSet()
 
 
 def unwrap_optimizer(optimizer: Any) -> torch.optim.Optimizer:
-    """The torch optimizer inside a wrapper (accelerate's ``AcceleratedOptimizer``, Lightning's, ...)."""
+    """The torch optimizer inside a wrapper (accelerate's ``AcceleratedOptimizer``, Lightning's, ...).
+
+    A wrapper may subclass ``torch.optim.Optimizer`` without being initialised as one (accelerate's never calls
+    ``Optimizer.__init__``, so it has no step hooks): anything that holds an inner optimizer is unwrapped.
+    """
     seen = 0
-    while not isinstance(optimizer, torch.optim.Optimizer) and seen < 8:
+    while seen < 8:
         inner = getattr(optimizer, "optimizer", None) or getattr(optimizer, "_optimizer", None)
-        if inner is None:
+        if inner is None or inner is optimizer:
             break
         optimizer, seen = inner, seen + 1
     if not isinstance(optimizer, torch.optim.Optimizer):
