@@ -3,6 +3,7 @@ the gradients taken independently at the same point of the step."""
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -11,6 +12,7 @@ import torch
 
 import diagnostics as dx
 from tests.conftest import hook_state
+from tests.integrations.untouched import added_by, check_untouched
 from tests.integrations.lightning_setup import data, load, make_capture, make_module
 
 pytest.importorskip("lightning")
@@ -18,7 +20,8 @@ pytest.importorskip("pytorch_lightning")
 
 from diagnostics.integrations.lightning import GradientFlowCallback  # noqa: E402
 
-PACKAGES = [pytest.param("lightning.pytorch", id="lightning"), pytest.param("pytorch_lightning", id="pytorch_lightning")]
+PACKAGES = [pytest.param("lightning.pytorch", id="lightning"),
+            pytest.param("pytorch_lightning", id="pytorch_lightning")]
 CLIP = 0.05          # well below every pre-clip norm of the tiny CNN, so clipping acts on every step
 
 
@@ -31,20 +34,11 @@ def fit(package: str, callbacks: list[Any], module: Any, **trainer_args: Any) ->
     return trainer
 
 
+@functools.cache
 def lightning_attributes(package: str) -> set[str]:
-    """Instance attributes Lightning itself adds to a LightningModule during fit (no callback of ours)."""
-    module = make_module(package)
-    before = set(vars(module))
-    fit(package, [], module, max_epochs=1, limit_train_batches=2)
-    return set(vars(module)) - before
-
-
-def check_untouched(module: Any, clean: dict[str, tuple], package: str) -> None:
-    """No hook of any kind is left, and no attribute but those Lightning adds itself."""
-    now = hook_state(module)
-    assert {k: v for k, v in now.items() if k} == {k: v for k, v in clean.items() if k}
-    assert now[""][:4] == clean[""][:4]
-    assert set(now[""][4]) - set(clean[""][4]) <= lightning_attributes(package)
+    """What Lightning itself adds to a LightningModule during fit (a fit without our callback)."""
+    return added_by(lambda module: fit(package, [], module, max_epochs=1, limit_train_batches=2),
+                    lambda: make_module(package))
 
 
 def norm(tensors: list[torch.Tensor]) -> float:
@@ -102,7 +96,7 @@ def test_records_each_optimizer_step_before_clipping(package: str, precision: st
     check_layers(store, callback.run_id, capture)
     layers = store.frame(callback.run_id, join_steps=False)
     assert set(layers["calls"]) == {2}            # two micro-batches per step; validation and sanity adds none
-    check_untouched(module, clean, package)
+    check_untouched(module, clean, lightning_attributes(package))
 
 
 def test_exception_in_training_step_marks_the_run_crashed(store: dx.RunStore) -> None:
@@ -116,7 +110,7 @@ def test_exception_in_training_step_marks_the_run_crashed(store: dx.RunStore) ->
     assert meta["status"] == "crashed"
     assert meta["error"] == "ValueError: user error at step 3"
     assert store.step_frame(callback.run_id)["step"].tolist() == [0, 1, 2]
-    check_untouched(module, clean, package)
+    check_untouched(module, clean, lightning_attributes(package))
     with dx.GradientMonitor(module) as mon:                              # the model takes a new monitor
         module(torch.randn(2, 1, 8, 8)).sum().backward()
         mon.step()
@@ -146,7 +140,7 @@ def test_manual_optimisation_is_refused(store: dx.RunStore) -> None:
     with pytest.raises(dx.MonitorError, match="automatic optimisation only"):
         fit(package, [GradientFlowCallback(store=store)], module)
     assert store.runs().empty
-    check_untouched(module, clean, package)
+    check_untouched(module, clean, lightning_attributes(package))
 
 
 def test_fsdp_strategy_is_refused() -> None:
