@@ -57,6 +57,24 @@ def test_the_library_never_imports_streamlit_pages_or_ui(path):
     assert not bad, f"{rel(path)} imports {bad}"
 
 
+#: What each lower part may import of the library (besides itself); presentation (views) sits above them all.
+MAY_IMPORT = {
+    "store": {"errors", "recording.stats"},
+    "manual": {"errors", "experiments.models"},          # network.py walks the CNN family, imported on use
+    "experiments": {"errors", "recording", "store"},
+    "checkpoints": {"errors", "recording", "store", "manual", "experiments"},
+}
+
+
+@pytest.mark.parametrize("part", sorted(MAY_IMPORT))
+def test_lower_parts_import_only_what_their_package_docstring_allows(part):
+    allowed = tuple(f"diagnostics.{name}" for name in (part, *MAY_IMPORT[part]))
+    for path in sorted((LIBRARY / part).rglob("*.py")):
+        bad = [m for m in imported_modules(path) if m.startswith("diagnostics.") and m != "diagnostics"
+               and not m.startswith(allowed)]
+        assert not bad, f"{rel(path)} imports {bad}"
+
+
 @pytest.mark.parametrize("path", PRESENTATION, ids=rel)
 def test_presentation_uses_only_the_public_names_of_recording(path):
     allowed = {"diagnostics.recording", *(f"diagnostics.recording.{name}" for name in dx.recording.__all__)}

@@ -3,6 +3,6 @@
 Owns reading a checkpoint without running code from it (``loading``: :func:`safe_torch_load` is the only
 ``torch.load`` of the library), recognising and rebuilding its architecture (``architecture``) and recording
 a short probe run of a rebuilt model (``probing``). It may import :mod:`diagnostics.errors`,
-:mod:`diagnostics.recording`, :mod:`diagnostics.store`, :mod:`diagnostics.manual` and the CNN family of
-:mod:`diagnostics.experiments`; never the views.
+:mod:`diagnostics.recording`, :mod:`diagnostics.store`, :mod:`diagnostics.manual` and the CNN family and datasets
+of :mod:`diagnostics.experiments`; never the views.
 """
