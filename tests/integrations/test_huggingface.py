@@ -14,6 +14,7 @@ import torch
 
 import diagnostics as dx
 from tests.conftest import hook_state
+from tests.integrations.launch import run_script
 from tests.integrations.untouched import added_by, check_untouched
 
 pytest.importorskip("transformers")
@@ -171,3 +172,25 @@ def test_unsupported_strategies_are_refused(args, environ, match, monkeypatch) -
 def test_options_are_checked_when_the_callback_is_made() -> None:
     with pytest.raises(dx.MonitorError, match="the optimizer is the trainer's"):
         GradientFlowCallback(store="runs", optimizer=None)
+
+
+def test_torchrun_two_processes_write_one_run_of_the_global_batch(tmp_path) -> None:
+    run_script("hf_ddp.py", str(tmp_path / "runs"), str(tmp_path), torchrun=2)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
+    assert ranks[0]["world_size"] == 2
+    store = dx.RunStore(tmp_path / "runs")
+    assert store.runs()["run"].tolist() == [ranks[0]["run_id"]] == [ranks[1]["run_id"]]    # one run, one id
+    run_id = ranks[0]["run_id"]
+    assert (store.meta(run_id)["status"], store.meta(run_id)["world_size"]) == ("finished", 2)
+    steps = store.step_frame(run_id)
+    logs = ranks[0]["logs"]                        # the Trainer gathers and averages the loss over processes
+    assert steps["step"].tolist() == sorted(logs) == [0, 1, 2, 3]
+    for row in steps.itertuples():
+        assert row.loss == pytest.approx(logs[row.step]["loss"], rel=1e-4)
+        assert row.grad_norm_total == pytest.approx(logs[row.step]["grad_norm"], rel=1e-4)
+        assert row.grad_norm_total > 3 * MAX_GRAD_NORM
+        for rank in ranks:                         # after DDP's all-reduce both ranks hold the global gradient
+            assert row.grad_norm_total == pytest.approx(norm(list(rank["pre_clip"][row.step].values())), rel=1e-4)
+    check_layers(store, run_id, ranks[0]["pre_clip"], SimpleNamespace(before=ranks[0]["before"],
+                                                                       after=ranks[0]["after"]))
+    assert not ranks[0]["hooks_left"] and not ranks[1]["hooks_left"]

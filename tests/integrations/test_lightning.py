@@ -12,6 +12,7 @@ import torch
 
 import diagnostics as dx
 from tests.conftest import hook_state
+from tests.integrations.launch import run_script
 from tests.integrations.untouched import added_by, check_untouched
 from tests.integrations.lightning_setup import data, load, make_capture, make_module
 
@@ -160,20 +161,6 @@ def test_fsdp_strategy_is_refused() -> None:
 def test_options_are_checked_when_the_callback_is_made(option: dict[str, Any], match: str) -> None:
     with pytest.raises(dx.MonitorError, match=match):
         GradientFlowCallback(store="runs", **option)
-
-
-def run_script(name: str, *args: str, launcher: list[str] | None = None, timeout: int = 240) -> None:
-    """Run tests/integrations/scripts/<name> in a fresh process (one thread per process) and fail on its error."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[2]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)}
-    command = [*(launcher or [sys.executable]), str(root / "tests" / "integrations" / "scripts" / name), *args]
-    done = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=timeout)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
 
 def test_ddp_two_processes_write_one_run_of_the_global_batch(tmp_path) -> None:
