@@ -28,6 +28,9 @@ setup() {
     .venv/bin/python -m pip install -q --upgrade pip
     .venv/bin/python -m pip install -q -r requirements-dev.txt
     .venv/bin/python -m pip install -q --no-deps -e .
+    # The monitor's fused CPU reductions: a C++ extension built once per PyTorch version (about half a minute),
+    # here rather than inside the first training step; without a C++ compiler the monitor uses PyTorch reductions.
+    .venv/bin/python -m diagnostics build || echo "dev.sh: fused reductions unavailable; PyTorch reductions are used"
     rm -f .venv/.installed-*
     touch "$stamp"
   fi

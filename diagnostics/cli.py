@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -180,6 +181,16 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_build(args: argparse.Namespace) -> int:
+    """Build the fused reductions' C++ extension now (once per version), so no training step waits for it."""
+    from .recording import native
+
+    started = time.perf_counter()
+    ready = native.kernels() is not None
+    print(f"{native.status()} ({time.perf_counter() - started:.1f} s; cache: {native.cache_dir()})")
+    return 0 if ready else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m diagnostics",
@@ -247,6 +258,12 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--input-size", type=int, default=32,
                        help="H = W of the 3-channel input fed to a torchvision model (default: 32)")
     check.set_defaults(func=cmd_check)
+
+    build = sub.add_parser("build", help="build the fused CPU reductions (a C++ extension) ahead of training",
+                           description="Compile the monitor's fused reductions once for this PyTorch, into the "
+                                       "cache folder ($DIAGNOSTICS_CACHE_DIR or ~/.cache/gradient-flow-diagnostics); "
+                                       "exit 1 when they cannot be built (the monitor then uses PyTorch reductions).")
+    build.set_defaults(func=cmd_build)
     return parser
 
 

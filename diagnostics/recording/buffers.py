@@ -13,8 +13,8 @@ count only when a reentrant ``torch.utils.checkpoint`` recomputes them inside ba
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable
 from dataclasses import dataclass, field
+from types import ModuleType
 
 import numpy as np
 import torch
@@ -53,8 +53,11 @@ class Pass:
         return self.got_grad if self.tracked else self.training
 
 
-#: dtype -> (activation kernel, gradient kernel) of diagnostics.recording.native.
-Kernels = dict[torch.dtype, tuple[Callable[[int, int, int], None], Callable[[int, int, int], None]]]
+#: The fused reductions' extension module (see diagnostics.recording.native).
+Kernels = ModuleType
+
+
+_FUSED_DTYPES = (torch.float32, torch.float64)
 
 
 @dataclass
@@ -70,16 +73,16 @@ class StepBuffer:
     forward_seq: int = 0
     backward_seq: int = 0
     kernels: Kernels | None = None                     # the fused CPU kernels, when they can be used
-    arena: np.ndarray | None = None                    # (capacity, 4) float64 rows they write into
-    base: int = 0                                      # address of arena
+    arena: torch.Tensor | None = None                  # (capacity, 4) float64 rows they write into
+    rows: np.ndarray | None = None                     # the same memory, read on the host
     used: int = 0                                      # rows of arena taken
 
     @classmethod
     def create(cls, kernels: Kernels | None, capacity: int) -> StepBuffer:
         if kernels is None:
             return cls()
-        arena = np.empty((capacity, 4), dtype=np.float64)
-        return cls(kernels=kernels, arena=arena, base=arena.ctypes.data)
+        arena = torch.empty((capacity, 4), dtype=torch.float64)
+        return cls(kernels=kernels, arena=arena, rows=arena.numpy())
 
     def start_pass(self, rooted: bool) -> Pass:
         self.current = Pass(rooted=rooted)
@@ -128,16 +131,13 @@ class StepBuffer:
         tensor.
         """
         k = self.used
-        if self.kernels is None or k >= len(self.arena) or type(x) is not torch.Tensor or not x.is_cpu \
-                or x.layout is not torch.strided or not x.is_contiguous() or x.is_neg():
+        if self.kernels is None or k >= len(self.rows) or type(x) is not torch.Tensor or not x.is_cpu \
+                or x.dtype not in _FUSED_DTYPES or x.layout is not torch.strided or not x.is_contiguous() \
+                or x.is_neg():
             return None
-        fns = self.kernels.get(x.dtype)
-        if fns is None:
-            return None
-        self.used = k + 1                                   # taken before the call, which releases the GIL
-        n = x.numel()
-        fns[kind](x.data_ptr(), n, self.base + 32 * k)      # row k = [4 float64]
-        return Call(n, self.arena[k], None, seq)
+        self.used = k + 1
+        (self.kernels.grad_sums if kind else self.kernels.act_sums)(x, self.arena, k)   # row k = [4 float64]
+        return Call(x.numel(), self.rows[k], None, seq)
 
 
 class Transfer:
@@ -180,7 +180,11 @@ class Transfer:
         groups: dict[tuple[torch.device, torch.dtype], list[int]] = defaultdict(list)
         for i, part in enumerate(self._parts):
             groups[(part.device, part.dtype)].append(i)
-        for indices in groups.values():
+        for (device, _), indices in groups.items():
+            if device.type == "meta":                      # no values to read: NaN
+                for i in indices:
+                    out[self._starts[i]:self._starts[i] + self._parts[i].numel()] = np.nan
+                continue
             # One concatenation and one copy to the host per (device, dtype), converted once.
             joined = torch.cat([self._parts[i] for i in indices]).cpu().to(torch.float64).numpy()
             pos = 0

@@ -19,6 +19,7 @@ from torch import nn
 from . import stats
 from .buffers import Call, Kernels, Pass, Scratch, StepBuffer
 from .layers import LayerTable, primary_output
+from .reductions import local
 
 
 def graph_task_id() -> int:
@@ -152,7 +153,7 @@ class Hooks:
         call = buf.fused(out, seq, 0)
         if call is not None:
             return call
-        x = out.detach()
+        x = local(out.detach())
         sums = stats.activation_sums(x, self.live.scratch.like(x))
         nonfinite = stats.nonfinite_count(x, sums)
         if isinstance(nonfinite, int) and nonfinite:
@@ -173,12 +174,12 @@ class Hooks:
             buf.backward_seq += 1
             call = buf.fused(grad, buf.backward_seq, 1)
             if call is None:
-                g = grad.detach()
+                g = local(grad.detach())
                 sums = stats.gradient_sums(g, live.scratch.like(g))
                 call = Call(g.numel(), sums, stats.nonfinite_count(g, sums), buf.backward_seq)
             buf.grads[name].append(call)
             if live.histogram_step(live.step):
-                h = stats.log10_histogram(grad.detach())
+                h = stats.log10_histogram(local(grad.detach()))
                 prev = buf.act_grad_hist.get(name)
                 buf.act_grad_hist[name] = h if prev is None else prev + h
         return hook

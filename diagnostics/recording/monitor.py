@@ -60,10 +60,8 @@ def unwrap_optimizer(optimizer: Any) -> torch.optim.Optimizer:
 
 
 def _fused_kernels() -> Kernels | None:
-    """The fused CPU kernels per dtype (built on first use), or None when diagnostics.native is unavailable."""
-    found = {dtype: native.reducers(dtype) for dtype in (torch.float32, torch.float64)}
-    kernels = {dtype: fns for dtype, fns in found.items() if fns is not None}
-    return kernels or None
+    """The fused CPU reductions (built on first use), or None when diagnostics.recording.native is unavailable."""
+    return native.kernels()
 
 
 def _grads_already_unscaled(scaler: Any) -> bool:

@@ -1,162 +1,163 @@
-"""Fused one-pass CPU reductions (``csrc/fused_sums.c``), built on first use with the system C compiler.
+"""Fused one-pass CPU reductions (``csrc/fused_sums.cpp``), a PyTorch C++ extension built once per version.
 
-The pure-PyTorch reductions in :mod:`diagnostics.stats` read a tensor once per statistic. On CPU, where the
-monitor's cost is the bytes it reads, one fused pass per tensor lowers the overhead of recording every
-statistic at every step from about 1.34× to 1.10–1.17× on resnet18 (``benchmarks/monitor_overhead.py``).
+The pure-PyTorch reductions in :mod:`.stats` read a tensor once per statistic. On CPU, where the monitor's cost
+is the bytes it reads, one fused pass per tensor lowers the overhead of recording every statistic at every step
+from about 1.34× to 1.10–1.17× on resnet18 (``benchmarks/monitor_overhead.py``).
 
-The library is compiled once per source version into a cache folder (``$DIAGNOSTICS_CACHE_DIR``, else
-``$XDG_CACHE_HOME/gradient-flow-diagnostics``, else ``~/.cache/gradient-flow-diagnostics``) and linked against
-the libgomp that PyTorch itself loaded, so its parallel loops run on PyTorch's OpenMP threads.
+The extension is built with PyTorch's own machinery (``torch.utils.cpp_extension``, ninja) into a cache folder
+(``$DIAGNOSTICS_CACHE_DIR``, else ``$XDG_CACHE_HOME/gradient-flow-diagnostics``, else
+``~/.cache/gradient-flow-diagnostics``), one folder per source, flags and PyTorch version, under a file lock so
+that several processes (DDP ranks, the dashboard's workers) never build it at once: the first builds (about half
+a minute), the others wait and load it. ``python -m diagnostics build`` builds it ahead of time. Its loops run
+on PyTorch's own thread pool (``at::parallel_for``) and every tensor argument is checked (``TORCH_CHECK``), so a
+tensor the kernels cannot read raises instead of corrupting memory.
 
-Everything here is optional. Where it cannot be used (no C compiler, not Linux, a PyTorch build without
-libgomp, ``DIAGNOSTICS_NATIVE=0``), :func:`kernels` returns None, :func:`status` says why, and the monitor
-uses the PyTorch reductions: same statistics, slower. Only contiguous float32/float64 CPU tensors are
-reduced here.
+Everything here is optional. Where it cannot be used (no C++ compiler or ninja, ``DIAGNOSTICS_NATIVE=0``),
+:func:`kernels` returns None, :func:`status` says why, and the monitor uses the PyTorch reductions: same
+statistics, slower. Only contiguous float32/float64 CPU tensors of the plain tensor type are reduced here.
 """
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import logging
 import os
 import platform
 import shutil
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
+from types import ModuleType
 
-import numpy as np
 import torch
 
 log = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).with_name("csrc") / "fused_sums.c"
+SOURCE = Path(__file__).with_name("csrc") / "fused_sums.cpp"
 
 #: Compiler flags; on x86-64, 512-bit vectors where the loader picks the AVX-512 clone (GCC prefers 256).
-CFLAGS = ["-O3", "-fopenmp", "-fPIC"] + (["-mprefer-vector-width=512"] if platform.machine() == "x86_64" else [])
+CFLAGS = ["-O3"] + (["-mprefer-vector-width=512"] if platform.machine() == "x86_64" else [])
 
-_SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
+_DTYPES = (torch.float32, torch.float64)
 _lock = threading.Lock()
 _state: dict[str, object] = {}
 
 
-def _cache_dir() -> Path:
+def cache_dir() -> Path:
+    """Where builds are kept."""
     if os.environ.get("DIAGNOSTICS_CACHE_DIR"):
         return Path(os.environ["DIAGNOSTICS_CACHE_DIR"])
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "gradient-flow-diagnostics"
 
 
-def _loaded_gomp() -> list[str]:
-    """Paths of the libgomp copies mapped into this process (Linux), in load order."""
-    paths: list[str] = []
-    with open("/proc/self/maps") as maps:
-        for line in maps:
-            path = line.split()[-1] if len(line.split()) >= 6 else ""
-            if "libgomp" in os.path.basename(path) and path not in paths:
-                paths.append(path)
-    return paths
+def build_key() -> str:
+    """A hash of everything the build depends on: source, flags, PyTorch, Python and the machine."""
+    parts = [SOURCE.read_text(), *CFLAGS, torch.__version__, sys.version, sys.platform, platform.machine()]
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
 
 
-def _torch_gomp(loaded: list[str]) -> str:
-    """PyTorch's libgomp among those loaded: the copy inside the torch package (pip wheels), else the system's.
+class _FileLock:
+    """An exclusive lock on a file, held across processes (fcntl; a no-op where fcntl does not exist)."""
 
-    Other packages bring renamed copies of their own (scikit-learn's ``libgomp-<hash>.so``); linking against
-    one of those would start a second thread pool.
-    """
-    torch_dir = Path(torch.__file__).resolve().parent
-    own = [p for p in loaded if Path(p).resolve().is_relative_to(torch_dir)]
-    system = [p for p in loaded if os.path.basename(p).startswith("libgomp.so")]
-    if not (own or system):
-        raise RuntimeError(f"PyTorch's libgomp is not among the OpenMP runtimes loaded ({loaded or 'none'})")
-    return (own or system)[0]
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._file = None
+
+    def __enter__(self) -> _FileLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.path, "a+")
+        try:
+            import fcntl
+        except ImportError:                        # pragma: no cover - not POSIX
+            return self
+        fcntl.flock(self._file.fileno(), fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            import fcntl
+
+            fcntl.flock(self._file.fileno(), fcntl.LOCK_UN)
+        except ImportError:                        # pragma: no cover - not POSIX
+            pass
+        self._file.close()
 
 
-def _compile(gomp: str, target: Path) -> None:
-    """Compile SOURCE and link it against PyTorch's own libgomp (``gomp``), writing ``target`` atomically."""
-    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-    if cc is None:
-        raise RuntimeError("no C compiler found (install gcc, or set CC)")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        obj, lib = Path(tmp) / "fused_sums.o", Path(tmp) / target.name
-        for cmd in ([cc, *CFLAGS, "-c", str(SOURCE), "-o", str(obj)],
-                    # Without -fopenmp at link time: the only OpenMP runtime named is PyTorch's.
-                    [cc, "-shared", str(obj), gomp, f"-Wl,-rpath,{Path(gomp).parent}", "-o", str(lib)]):
-            done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-            if done.returncode != 0:
-                raise RuntimeError(f"`{' '.join(cmd)}` failed: {(done.stderr or done.stdout).strip()[-400:]}")
-        os.replace(lib, target)                     # another process may build the same file: last one wins
+def _build() -> ModuleType:
+    """Build (or load the cached build of) the extension; raises RuntimeError/OSError/ImportError with the reason."""
+    if os.environ.get("DIAGNOSTICS_NATIVE", "1").strip().lower() in ("0", "false", "no", "off"):
+        raise RuntimeError("switched off by DIAGNOSTICS_NATIVE")
+    key = build_key()
+    folder = cache_dir() / f"fused-{key}"
+    cpp_log = logging.getLogger("torch.utils.cpp_extension")
+    level = cpp_log.level
+    cpp_log.setLevel(logging.ERROR)                # its "No CUDA runtime is found" notice is noise on CPU
+    try:
+        from torch.utils import cpp_extension
+
+        if not cpp_extension.is_ninja_available():
+            raise RuntimeError("ninja is not installed (pip install ninja)")
+        with _FileLock(cache_dir() / "build.lock"):
+            folder.mkdir(parents=True, exist_ok=True)
+            started = time.perf_counter()
+            built = folder / f"diagnostics_fused_{key}.so"
+            if built.exists() and _head(built) != b"\x7fELF":
+                built.unlink()                      # a damaged cached build: ninja makes it again
+            module = _load(key, folder)
+            log.info("fused reductions ready in %.1f s (%s)", time.perf_counter() - started, folder)
+    except Exception as exc:                       # the build's own errors (compiler output) as one reason
+        if isinstance(exc, RuntimeError) and "ninja is not installed" in str(exc):
+            raise
+        raise RuntimeError(f"the C++ extension could not be built: {str(exc).strip()[-400:]}") from exc
+    finally:
+        cpp_log.setLevel(level)
+    _remove_stale_builds(folder)
+    return module
+
+
+def _head(path: Path) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(4)
+
+
+def _load(key: str, folder: Path) -> ModuleType:
+    from torch.utils import cpp_extension
+
+    return cpp_extension.load(name=f"diagnostics_fused_{key}", sources=[str(SOURCE)], extra_cflags=CFLAGS,
+                              build_directory=str(folder), verbose=False)
 
 
 def _remove_stale_builds(keep: Path) -> None:
-    """Delete builds of other sources made over a day ago (a checkout of another version may still use its own)."""
-    for old in keep.parent.glob("fused_sums-*.so"):
+    """Delete builds of other versions made over a day ago (a checkout of another version may still use its own)."""
+    for old in keep.parent.glob("fused-*"):
         try:
             if old != keep and time.time() - old.stat().st_mtime > 86400:
-                old.unlink()
+                shutil.rmtree(old, ignore_errors=True)
         except OSError:
             pass
 
 
-def _load() -> ctypes.CDLL:
-    if os.environ.get("DIAGNOSTICS_NATIVE", "1").strip().lower() in ("0", "false", "no", "off"):
-        raise RuntimeError("switched off by DIAGNOSTICS_NATIVE")
-    if not sys.platform.startswith("linux"):
-        raise RuntimeError(f"only built on Linux (this is {sys.platform})")
-    if "OpenMP" not in torch.__config__.parallel_info():
-        raise RuntimeError("this PyTorch build does not use OpenMP")
-    before = _loaded_gomp()
-    gomp = _torch_gomp(before)
-    key = hashlib.sha256("\0".join([SOURCE.read_text(), *CFLAGS, gomp, sys.platform, platform.machine()])
-                         .encode()).hexdigest()[:16]
-    target = _cache_dir() / f"fused_sums-{key}.so"
-    if not target.exists():
-        _compile(gomp, target)
-    try:
-        lib = ctypes.CDLL(str(target))
-    except OSError:                                 # a damaged cached build: make it again, once
-        _compile(gomp, target)
-        lib = ctypes.CDLL(str(target))
-    _remove_stale_builds(target)
-    added = sorted(set(_loaded_gomp()) - set(before))
-    if added:                                       # it brought an OpenMP runtime of its own: never use it
-        raise RuntimeError(f"the built library loaded another libgomp ({added}) instead of PyTorch's ({gomp})")
-    ptr, i64 = ctypes.c_void_p, ctypes.c_int64
-    for suffix in _SUFFIX.values():
-        for name in ("act_sums", "grad_sums"):
-            fn = getattr(lib, f"{name}_{suffix}")
-            fn.argtypes, fn.restype = [ptr, i64, ptr], None
-        for name in ("param_sums", "diff_sums"):
-            fn = getattr(lib, f"{name}_{suffix}")
-            fn.argtypes, fn.restype = [i64, ptr, ptr, ptr, ptr], ctypes.c_int
-    return lib
-
-
-def kernels() -> ctypes.CDLL | None:
-    """The loaded library, building it on first use; None (and :func:`status` says why) when unavailable."""
-    lib = _state.get("lib")
-    if lib is not None or "reason" in _state:
-        return lib                                  # type: ignore[return-value]
+def kernels() -> ModuleType | None:
+    """The loaded extension, building it on first use; None (and :func:`status` says why) when unavailable."""
+    module = _state.get("module")
+    if module is not None or "reason" in _state:
+        return module                               # type: ignore[return-value]
     with _lock:
-        if "lib" not in _state and "reason" not in _state:
+        if "module" not in _state and "reason" not in _state:
             try:
-                _state["lib"] = _load()
-                log.debug("fused reductions loaded")
-            except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
+                _state["module"] = _build()
+            except (OSError, RuntimeError, ImportError) as exc:
                 _state["reason"] = str(exc)
                 log.info("fused reductions unavailable (%s); using PyTorch reductions", exc)
-    return _state.get("lib")                        # type: ignore[return-value]
+    return _state.get("module")                     # type: ignore[return-value]
 
 
 def status() -> str:
     """One line for people: whether the fused reductions are in use, and why not."""
     if kernels() is not None:
-        return "fused one-pass CPU reductions (native)"
+        return "fused one-pass CPU reductions (C++ extension)"
     return f"PyTorch reductions (fused ones unavailable: {_state['reason']})"
 
 
@@ -166,86 +167,52 @@ def reset() -> None:
         _state.clear()
 
 
-def _eligible(x: torch.Tensor) -> bool:
-    return (x.device.type == "cpu" and x.dtype in _SUFFIX and x.layout == torch.strided and x.is_contiguous()
-            and not x.is_neg())
+def eligible(x: torch.Tensor) -> bool:
+    """Whether the kernels can read ``x``: a plain contiguous float32/float64 CPU tensor (no subclass)."""
+    return ((type(x) is torch.Tensor or type(x) is torch.nn.Parameter) and x.device.type == "cpu"
+            and x.dtype in _DTYPES and x.layout == torch.strided and x.is_contiguous() and not x.is_neg())
 
 
-def reducers(dtype: torch.dtype) -> tuple[ctypes._CFuncPtr, ctypes._CFuncPtr] | None:
-    """The raw ``(act_sums, grad_sums)`` kernels for a dtype, or None: for callers that keep their own output
-    buffer. Each is called as ``fn(data_ptr, numel, out_ptr)`` on a contiguous CPU tensor and writes four
-    float64 values at ``out_ptr``: ``[Σx, Σx², #nonzero, #NaN/Inf]`` or ``[Σ|g|, Σg², max|g|, #NaN/Inf]``.
-    """
-    lib = kernels() if dtype in _SUFFIX else None
-    if lib is None:
+def eligible_pair(g: torch.Tensor, w: torch.Tensor) -> bool:
+    """Whether a gradient and its weight can go through :func:`param_sums` together."""
+    return eligible(g) and eligible(w) and w.dtype == g.dtype and w.numel() == g.numel()
+
+
+def _reduce_one(x: torch.Tensor, grad: bool) -> torch.Tensor | None:
+    module = kernels() if eligible(x) else None
+    if module is None:
         return None
-    return getattr(lib, f"act_sums_{_SUFFIX[dtype]}"), getattr(lib, f"grad_sums_{_SUFFIX[dtype]}")
-
-
-def _reduce_one(x: torch.Tensor, kind: int) -> torch.Tensor | None:
-    fns = reducers(x.dtype) if _eligible(x) else None
-    if fns is None:
-        return None
-    out = torch.empty(4, dtype=torch.float64)
-    fns[kind](x.data_ptr(), x.numel(), out.data_ptr())
-    return out
+    out = torch.empty((1, 4), dtype=torch.float64)
+    (module.grad_sums if grad else module.act_sums)(x, out, 0)
+    return out[0]
 
 
 def activation_sums(x: torch.Tensor) -> torch.Tensor | None:
     """``[Σx, Σx², #nonzero, #NaN/Inf]`` as a float64 tensor of shape (4,), or None when not eligible."""
-    return _reduce_one(x, 0)
+    return _reduce_one(x, grad=False)
 
 
 def gradient_sums(g: torch.Tensor) -> torch.Tensor | None:
     """``[Σ|g|, Σg², max|g|, #NaN/Inf]`` as a float64 tensor of shape (4,), or None when not eligible."""
-    return _reduce_one(g, 1)
+    return _reduce_one(g, grad=True)
 
 
 def param_sums(grads: list[torch.Tensor], weights: list[torch.Tensor | None]) -> torch.Tensor:
     """``[Σ|g|, Σg², max|g|, Σw²]`` of k (gradient, weight) pairs in one parallel pass: float64 (k, 4).
 
-    Every gradient must be eligible (see :func:`eligible_pair`), all of one dtype; a weight of None gives NaN
-    for its Σw². Raises RuntimeError when the library is unavailable or out of memory.
+    All of one dtype; a weight of None gives NaN for its Σw². Raises RuntimeError when the extension is
+    unavailable or a tensor cannot be read.
     """
-    lib = kernels()
-    if lib is None:
+    module = kernels()
+    if module is None:
         raise RuntimeError(status())
-    k = len(grads)
-    out = torch.empty((k, 4), dtype=torch.float64)
-    if k == 0:
-        return out
-    g_ptrs = np.fromiter((g.data_ptr() for g in grads), dtype=np.uintp, count=k)
-    # An empty tensor's data_ptr is 0, which would read as "no weight": any non-null address does (n is 0).
-    w_ptrs = np.fromiter((0 if w is None else w.data_ptr() or out.data_ptr() for w in weights), dtype=np.uintp,
-                         count=k)
-    sizes = np.fromiter((g.numel() for g in grads), dtype=np.int64, count=k)
-    fn = getattr(lib, f"param_sums_{_SUFFIX[grads[0].dtype]}")
-    if fn(k, g_ptrs.ctypes.data, w_ptrs.ctypes.data, sizes.ctypes.data, out.data_ptr()) != 0:
-        raise RuntimeError("fused parameter reduction ran out of memory")
-    return out
+    return module.param_sums(list(grads), list(weights))
 
 
 def diff_sums(after: list[torch.Tensor], before: list[torch.Tensor]) -> torch.Tensor:
-    """``‖a - b‖²`` of k pairs of equal-shaped tensors in one parallel pass, without writing ``a - b``:
-    float64 (k,). Every pair must pass :func:`eligible_pair`, all of one dtype. Raises RuntimeError when the
-    library is unavailable or out of memory.
-    """
-    lib = kernels()
-    if lib is None:
+    """``‖a - b‖²`` of k pairs of equal-shaped tensors in one parallel pass, without writing ``a - b``: float64
+    (k,). Raises RuntimeError when the extension is unavailable or a tensor cannot be read."""
+    module = kernels()
+    if module is None:
         raise RuntimeError(status())
-    k = len(after)
-    out = torch.empty(k, dtype=torch.float64)
-    if k == 0:
-        return out
-    a_ptrs = np.fromiter((t.data_ptr() for t in after), dtype=np.uintp, count=k)
-    b_ptrs = np.fromiter((t.data_ptr() for t in before), dtype=np.uintp, count=k)
-    sizes = np.fromiter((t.numel() for t in after), dtype=np.int64, count=k)
-    fn = getattr(lib, f"diff_sums_{_SUFFIX[after[0].dtype]}")
-    if fn(k, a_ptrs.ctypes.data, b_ptrs.ctypes.data, sizes.ctypes.data, out.data_ptr()) != 0:
-        raise RuntimeError("fused difference reduction ran out of memory")
-    return out
-
-
-def eligible_pair(g: torch.Tensor, w: torch.Tensor) -> bool:
-    """Whether a gradient and its weight can go through :func:`param_sums` together."""
-    return _eligible(g) and _eligible(w) and w.dtype == g.dtype and w.numel() == g.numel()
+    return module.diff_sums(list(after), list(before))

@@ -231,7 +231,8 @@ class StepRecorder:
             if off.grad < 0:
                 continue
             sumsq = host[off.grad + 1] / weight_scale**2
-            nonfinite = 0 if math.isfinite(sumsq) else int((~torch.isfinite(off.values)).sum())
+            readable = off.values is not None and off.values.device.type != "meta"
+            nonfinite = int((~torch.isfinite(off.values)).sum()) if readable and not math.isfinite(sumsq) else 0
             grads[name] = GradSums(sum_abs=host[off.grad] / weight_scale, sumsq=sumsq,
                                    max_abs=host[off.grad + 2] / weight_scale, numel=off.numel,
                                    nonfinite=nonfinite, count=1)

@@ -38,8 +38,14 @@ def gradient_values(g: torch.Tensor) -> torch.Tensor:
     return g
 
 
+def local(t: torch.Tensor) -> torch.Tensor:
+    """A DTensor's local shard (FSDP2, tensor parallel); any other tensor itself."""
+    to_local = getattr(t, "to_local", None)
+    return to_local() if to_local is not None and type(t).__name__ == "DTensor" else t
+
+
 def _plain(t: torch.Tensor) -> bool:
-    return type(t) is torch.Tensor or type(t) is torch.nn.Parameter
+    return (type(t) is torch.Tensor or type(t) is torch.nn.Parameter) and t.device.type != "meta"
 
 
 def queue_parameters(params: Iterable[Param], transfer: Transfer, *, fused: bool, weight_norms: bool,
@@ -67,23 +73,24 @@ def queue_parameters(params: Iterable[Param], transfer: Transfer, *, fused: bool
     batched: dict[torch.dtype, list[tuple[str, torch.Tensor, torch.Tensor]]] = defaultdict(list)
     with torch.no_grad():
         for param in params:
-            p, name = param.tensor, param.name
-            g = p.grad
+            p, name = local(param.tensor.detach()), param.name
+            g = param.tensor.grad
             if g is None:
                 if name in weights_without_grad:
-                    out[name] = ParamSums(-1, transfer.add(stats.squared_norm(p.detach())), p.numel(), None)
+                    out[name] = ParamSums(-1, transfer.add(stats.squared_norm(p)), p.numel(), None)
                 continue
+            g = local(g)
             values = gradient_values(g)
             if histograms and param.group == "weight":
                 hist[param.row].append(transfer.add(stats.log10_histogram(values)))   # summed per row later
             if fused and values is g and native.eligible_pair(g, p):
-                batched[g.dtype].append((name, g, p.detach()))     # all CPU parameters in one pass, below
+                batched[g.dtype].append((name, g, p))              # all CPU parameters in one pass, below
                 continue
             if values is g and _plain(g) and 0 < g.numel() <= stats.BATCH_NUMEL \
                     and g.dtype in (torch.float32, torch.float64):
-                small[g.device].append((name, g, p.detach()))      # reduced below, all at once
+                small[g.device].append((name, g, p))               # reduced below, all at once
                 continue
-            w_off = transfer.add(stats.squared_norm(p.detach())) if weight_norms else -1
+            w_off = transfer.add(stats.squared_norm(p)) if weight_norms else -1
             sums = stats.gradient_sums(values, scratch.like(values))
             out[name] = ParamSums(transfer.add(sums), w_off, p.numel(), values)
         for items in batched.values():

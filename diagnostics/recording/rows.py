@@ -96,6 +96,11 @@ class GradSums:
         return self.max_abs if self.count else math.nan
 
 
+def count(value: float) -> int:
+    """A transferred count as an int (0 where there were no values to count, e.g. meta tensors)."""
+    return int(value) if math.isfinite(value) else 0
+
+
 def pool_activations(calls: Sequence[tuple[Call, int, int]], host: np.ndarray) -> dict[str, float]:
     """act_mean/std/zero_frac/nonfinite of all calls of a layer (offsets of [Σx, Σx², #nonzero] and NaN count)."""
     n = sum(c.numel for c, _, _ in calls)
@@ -104,7 +109,7 @@ def pool_activations(calls: Sequence[tuple[Call, int, int]], host: np.ndarray) -
     nonzero = sum(host[o + 2] for _, o, _ in calls)
     return {"act_mean": stats.mean(total, n), "act_std": stats.std(total, sumsq, n),
             "act_zero_frac": stats.fraction(n - nonzero, n) if calls else math.nan,
-            "act_nonfinite": int(sum(host[o] for _, _, o in calls))}
+            "act_nonfinite": count(sum(host[o] for _, _, o in calls))}
 
 
 def pool_output_grads(calls: Sequence[tuple[Call, int, int]], host: np.ndarray, scale: float) -> dict[str, float]:
@@ -117,7 +122,7 @@ def pool_output_grads(calls: Sequence[tuple[Call, int, int]], host: np.ndarray, 
     sumsq = sum(host[o + 1] for _, o, _ in calls) / (scale * scale)
     max_abs = max(host[o + 2] for _, o, _ in calls) / scale
     return {"act_grad_norm": stats.l2_norm(sumsq), "act_grad_mean_abs": stats.mean(sum_abs, n),
-            "act_grad_max_abs": max_abs, "act_grad_nonfinite": int(sum(host[o] for _, _, o in calls))}
+            "act_grad_max_abs": max_abs, "act_grad_nonfinite": count(sum(host[o] for _, _, o in calls))}
 
 
 def pooled(items: Iterable[GradSums]) -> GradSums:

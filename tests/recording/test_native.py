@@ -17,7 +17,7 @@ from diagnostics.recording import native
 
 from tests.conftest import require_fused_kernels
 
-CHUNK, BLOCK, LANES = 16384, 2048, 32      # the constants of fused_sums.c: lengths around them are the edges
+CHUNK, BLOCK, LANES = 16384, 2048, 32      # the constants of fused_sums.cpp: lengths around them are the edges
 LENGTHS = [1, LANES - 1, LANES, LANES + 1, BLOCK - 1, BLOCK + 1, CHUNK - 1, CHUNK, CHUNK + 1, 5 * CHUNK + 77]
 
 
@@ -145,21 +145,19 @@ def _fresh_python(env: dict[str, str], code: str) -> str:
 STATUS = "from diagnostics.recording import native; print(native.kernels() is not None, '|', native.status())"
 
 
-def test_the_library_shares_pytorchs_openmp_runtime_beside_other_copies(tmp_path):
-    # scikit-learn loads a renamed libgomp of its own first; the library must still bind to PyTorch's.
+def test_the_extension_loads_after_another_openmp_runtime(tmp_path):
+    # scikit-learn loads a renamed libgomp of its own first; the extension runs on PyTorch's thread pool anyway.
     code = ("import sklearn.datasets, torch\nfrom diagnostics.recording import native\n"
-            "before = native._loaded_gomp()\nassert native.kernels() is not None, native.status()\n"
-            "assert native._loaded_gomp() == before\nprint(len(before), native._torch_gomp(before))")
-    out = _fresh_python({"DIAGNOSTICS_CACHE_DIR": str(tmp_path)}, code)
-    count, gomp = out.split(" ", 1)
-    assert int(count) >= 2 and "torch" in gomp
+            "assert native.kernels() is not None, native.status()\n"
+            "x = torch.randn(100000)\nprint(float(native.activation_sums(x)[0]) - float(x.double().sum()))")
+    assert abs(float(_fresh_python({}, code))) < 1e-3          # float32 blocks over 1e5 normal values
 
 
 def test_a_missing_compiler_falls_back_to_pytorch_with_the_reason(tmp_path):
-    out = _fresh_python({"CC": str(tmp_path / "no-such-cc"), "DIAGNOSTICS_CACHE_DIR": str(tmp_path)}, STATUS)
+    out = _fresh_python({"CXX": str(tmp_path / "no-such-cxx"), "DIAGNOSTICS_CACHE_DIR": str(tmp_path)}, STATUS)
     available, reason = out.split("|")
     assert available.strip() == "False"
-    assert "PyTorch reductions" in reason and "no-such-cc" in reason
+    assert "PyTorch reductions" in reason and "could not be built" in reason
 
 
 def test_the_switch_turns_the_kernels_off(tmp_path):
@@ -168,21 +166,23 @@ def test_the_switch_turns_the_kernels_off(tmp_path):
     assert not list(tmp_path.iterdir())                       # nothing was built
 
 
-def test_a_fresh_cache_builds_once_and_is_reused(tmp_path):
-    first = _fresh_python({"DIAGNOSTICS_CACHE_DIR": str(tmp_path)}, STATUS)
-    built = sorted(p.name for p in tmp_path.iterdir())
-    assert first.startswith("True") and len(built) == 1 and built[0].endswith(".so")
-    mtime = (tmp_path / built[0]).stat().st_mtime_ns
-    _fresh_python({"DIAGNOSTICS_CACHE_DIR": str(tmp_path)}, STATUS)
-    assert (tmp_path / built[0]).stat().st_mtime_ns == mtime
-
-
-def test_a_damaged_cached_build_is_rebuilt(tmp_path):
-    _fresh_python({"DIAGNOSTICS_CACHE_DIR": str(tmp_path)}, STATUS)
-    (built,) = tmp_path.glob("fused_sums-*.so")
+@pytest.mark.slow
+def test_concurrent_first_uses_build_once_reuse_it_and_rebuild_a_damaged_build(tmp_path):
+    """Two processes start at once on an empty cache (as DDP ranks would): one builds under the file lock, the
+    other waits and loads the same build; a later process reuses it; a damaged build is made again."""
+    env = {**os.environ, "DIAGNOSTICS_CACHE_DIR": str(tmp_path)}
+    procs = [subprocess.Popen([sys.executable, "-c", STATUS], env=env, stdout=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert all(o.startswith("True") for o in outs), outs
+    (folder,) = tmp_path.glob("fused-*")
+    (built,) = folder.glob("*.so")
+    stamp = built.stat().st_mtime_ns
+    assert _fresh_python({"DIAGNOSTICS_CACHE_DIR": str(tmp_path)}, STATUS).startswith("True")
+    assert built.stat().st_mtime_ns == stamp                  # reused, not rebuilt
     built.write_bytes(b"not a shared library")
-    out = _fresh_python({"DIAGNOSTICS_CACHE_DIR": str(tmp_path)}, STATUS)
-    assert out.startswith("True") and built.read_bytes()[:4] == b"\x7fELF"
+    assert _fresh_python({"DIAGNOSTICS_CACHE_DIR": str(tmp_path)}, STATUS).startswith("True")
+    assert built.read_bytes()[:4] == b"\x7fELF"
 
 
 def _record(model: torch.nn.Module, x: torch.Tensor, steps: int = 2, arena_rows: int | None = None,

@@ -1,0 +1,272 @@
+// Fused one-pass reductions for GradientMonitor on CPU, a PyTorch C++ extension (built by native.py).
+//
+// The pure-PyTorch path in stats.py spends one pass over a tensor per statistic (sum, dot, sign, abs, amax).
+// Here every statistic of a tensor comes from one read of it:
+//
+//   act_sums(x, out, row)    x (n,)  -> out[row] = [Σx, Σx², #nonzero, #NaN/Inf]
+//   grad_sums(g, out, row)   g (n,)  -> out[row] = [Σ|g|, Σg², max|g|, #NaN/Inf]  (max is NaN when g holds NaN)
+//   param_sums(gs, ws)       k pairs -> (k, 4) [Σ|g|, Σg², max|g|, Σw²]  (a missing w gives NaN)
+//   diff_sums(as, bs)        k pairs -> (k,) ‖a - b‖² (the size of an optimizer step, a - b never written)
+//
+// Every argument is an at::Tensor checked with TORCH_CHECK, so a tensor the kernels cannot read (another device,
+// dtype or layout, strided, a subclass without storage) raises a RuntimeError instead of corrupting memory.
+// A finite Σx² proves every element finite, so the NaN/Inf count costs a second pass only when it is not.
+//
+// Work is split into CHUNK-long items run by at::parallel_for on PyTorch's own thread pool. Each item sums
+// BLOCK elements at a time in the tensor's precision over LANES independent accumulators (vectorised, no
+// serial dependency), then adds the block into double; items are combined in a fixed order, so results do not
+// depend on the number of threads.
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cfloat>
+#include <cmath>
+#include <vector>
+
+namespace {
+
+constexpr int64_t CHUNK = 16384;
+constexpr int64_t BLOCK = 2048;
+constexpr int LANES = 32;
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+// One build runs on any x86-64 CPU: the loader picks the widest vector unit at run time.
+#define VECTORISED __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define VECTORISED
+#endif
+
+#define DEFINE_CHUNKS(T, SUF)                                                                               \
+VECTORISED void act_chunk_##SUF(const T *p, int64_t m, double *out) {                                     \
+    double S = 0, Q = 0, Z = 0;                                                                           \
+    for (int64_t b = 0; b < m; b += BLOCK) {                                                              \
+        int64_t e = std::min(b + BLOCK, m), i = b;                                                        \
+        T s[LANES] = {0}, q[LANES] = {0}, z[LANES] = {0};                                                 \
+        for (; i + LANES <= e; i += LANES)                                                                \
+            for (int j = 0; j < LANES; j++) {                                                             \
+                T v = p[i + j];                                                                           \
+                s[j] += v; q[j] += v * v; z[j] += v != 0 ? (T)1 : (T)0;                                   \
+            }                                                                                             \
+        for (; i < e; i++) { T v = p[i]; s[0] += v; q[0] += v * v; z[0] += v != 0 ? (T)1 : (T)0; }        \
+        for (int j = 0; j < LANES; j++) { S += s[j]; Q += q[j]; Z += z[j]; }                              \
+    }                                                                                                     \
+    out[0] = S; out[1] = Q; out[2] = Z;                                                                   \
+}                                                                                                         \
+                                                                                                          \
+VECTORISED void grad_chunk_##SUF(const T *p, int64_t m, double *out) {                                    \
+    double S = 0, Q = 0, M = 0;                                                                           \
+    for (int64_t b = 0; b < m; b += BLOCK) {                                                              \
+        int64_t e = std::min(b + BLOCK, m), i = b;                                                        \
+        T s[LANES] = {0}, q[LANES] = {0}, x[LANES] = {0};                                                 \
+        for (; i + LANES <= e; i += LANES)                                                                \
+            for (int j = 0; j < LANES; j++) {                                                             \
+                T a = std::abs(p[i + j]);                                                                 \
+                s[j] += a; q[j] += a * a; x[j] = x[j] > a ? x[j] : a;                                     \
+            }                                                                                             \
+        for (; i < e; i++) { T a = std::abs(p[i]); s[0] += a; q[0] += a * a; x[0] = x[0] > a ? x[0] : a; } \
+        for (int j = 0; j < LANES; j++) { S += s[j]; Q += q[j]; M = M > x[j] ? M : x[j]; }                \
+    }                                                                                                     \
+    out[0] = S; out[1] = Q; out[2] = M;                                                                   \
+}                                                                                                         \
+                                                                                                          \
+VECTORISED double sq_chunk_##SUF(const T *p, int64_t m) {                                                 \
+    double Q = 0;                                                                                         \
+    for (int64_t b = 0; b < m; b += BLOCK) {                                                              \
+        int64_t e = std::min(b + BLOCK, m), i = b;                                                        \
+        T q[LANES] = {0};                                                                                 \
+        for (; i + LANES <= e; i += LANES)                                                                \
+            for (int j = 0; j < LANES; j++) { T v = p[i + j]; q[j] += v * v; }                            \
+        for (; i < e; i++) { T v = p[i]; q[0] += v * v; }                                                 \
+        for (int j = 0; j < LANES; j++) Q += q[j];                                                        \
+    }                                                                                                     \
+    return Q;                                                                                             \
+}                                                                                                         \
+                                                                                                          \
+VECTORISED double diff_chunk_##SUF(const T *a, const T *b, int64_t m) {                                   \
+    double Q = 0;                                                                                         \
+    for (int64_t o = 0; o < m; o += BLOCK) {                                                              \
+        int64_t e = std::min(o + BLOCK, m), i = o;                                                        \
+        T q[LANES] = {0};                                                                                 \
+        for (; i + LANES <= e; i += LANES)                                                                \
+            for (int j = 0; j < LANES; j++) { T d = a[i + j] - b[i + j]; q[j] += d * d; }                 \
+        for (; i < e; i++) { T d = a[i] - b[i]; q[0] += d * d; }                                          \
+        for (int j = 0; j < LANES; j++) Q += q[j];                                                        \
+    }                                                                                                     \
+    return Q;                                                                                             \
+}
+
+DEFINE_CHUNKS(float, f32)
+DEFINE_CHUNKS(double, f64)
+
+inline void act_chunk(const float *p, int64_t m, double *out) { act_chunk_f32(p, m, out); }
+inline void act_chunk(const double *p, int64_t m, double *out) { act_chunk_f64(p, m, out); }
+inline void grad_chunk(const float *p, int64_t m, double *out) { grad_chunk_f32(p, m, out); }
+inline void grad_chunk(const double *p, int64_t m, double *out) { grad_chunk_f64(p, m, out); }
+inline double sq_chunk(const float *p, int64_t m) { return sq_chunk_f32(p, m); }
+inline double sq_chunk(const double *p, int64_t m) { return sq_chunk_f64(p, m); }
+inline double diff_chunk(const float *a, const float *b, int64_t m) { return diff_chunk_f32(a, b, m); }
+inline double diff_chunk(const double *a, const double *b, int64_t m) { return diff_chunk_f64(a, b, m); }
+
+void check_readable(const at::Tensor &x, const char *what) {
+    TORCH_CHECK(x.device().is_cpu(), what, " must be a CPU tensor, got ", x.device());
+    TORCH_CHECK(x.layout() == at::kStrided, what, " must be a dense (strided) tensor, got ", x.layout());
+    TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, what,
+                " must be float32 or float64, got ", x.scalar_type());
+    TORCH_CHECK(x.is_contiguous(), what, " must be contiguous");
+    TORCH_CHECK(!x.is_neg() && !x.is_conj(), what, " must not be a lazy negation or conjugate view");
+    TORCH_CHECK(x.numel() == 0 || x.has_storage(), what, " has no storage (a tensor subclass?)");
+}
+
+int64_t chunks_of(int64_t n) { return (n + CHUNK - 1) / CHUNK; }
+
+template <typename T>
+double nonfinite_count(const T *x, int64_t n) {
+    std::vector<int64_t> part(static_cast<size_t>(std::max<int64_t>(chunks_of(n), 1)), 0);
+    at::parallel_for(0, chunks_of(n), 1, [&](int64_t begin, int64_t end) {
+        for (int64_t c = begin; c < end; c++) {
+            int64_t count = 0, stop = std::min((c + 1) * CHUNK, n);
+            for (int64_t i = c * CHUNK; i < stop; i++) count += std::isfinite(x[i]) ? 0 : 1;
+            part[c] = count;
+        }
+    });
+    int64_t total = 0;
+    for (int64_t c : part) total += c;
+    return static_cast<double>(total);
+}
+
+// Reduce n elements chunk by chunk (in parallel when there are several), combined in chunk order.
+template <typename T>
+void reduce_one(const T *x, int64_t n, double *out, bool is_grad) {
+    int64_t chunks = chunks_of(n);
+    std::vector<double> part(static_cast<size_t>(3 * std::max<int64_t>(chunks, 1)), 0.0);
+    at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t c = begin; c < end; c++) {
+            int64_t m = std::min(CHUNK, n - c * CHUNK);
+            if (is_grad) grad_chunk(x + c * CHUNK, m, part.data() + 3 * c);
+            else act_chunk(x + c * CHUNK, m, part.data() + 3 * c);
+        }
+    });
+    double a = 0, b = 0, z = 0;
+    for (int64_t c = 0; c < chunks; c++) {
+        const double *p = part.data() + 3 * c;
+        a += p[0]; b += p[1];
+        z = is_grad ? (z > p[2] ? z : p[2]) : z + p[2];
+    }
+    if (is_grad && std::isnan(b)) z = NAN;
+    out[0] = a; out[1] = b; out[2] = z; out[3] = std::isfinite(b) ? 0 : nonfinite_count(x, n);
+}
+
+void reduce_into(const at::Tensor &x, at::Tensor &out, int64_t row, bool is_grad) {
+    check_readable(x, is_grad ? "the gradient" : "the activation");
+    TORCH_CHECK(out.device().is_cpu() && out.scalar_type() == at::kDouble && out.is_contiguous() &&
+                out.dim() == 2 && out.size(1) == 4, "out must be a contiguous CPU float64 tensor of shape (rows, 4)");
+    TORCH_CHECK(row >= 0 && row < out.size(0), "row ", row, " is outside out's ", out.size(0), " rows");
+    double *o = out.data_ptr<double>() + 4 * row;
+    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "reduce_into", [&] {
+        reduce_one<scalar_t>(x.data_ptr<scalar_t>(), x.numel(), o, is_grad);
+    });
+}
+
+void act_sums(const at::Tensor &x, at::Tensor out, int64_t row) { reduce_into(x, out, row, false); }
+void grad_sums(const at::Tensor &g, at::Tensor out, int64_t row) { reduce_into(g, out, row, true); }
+
+// (parameter, first element) of every CHUNK-long item of k tensors of lengths n_i.
+std::vector<std::pair<int64_t, int64_t>> items_of(const std::vector<int64_t> &n) {
+    std::vector<std::pair<int64_t, int64_t>> items;
+    for (int64_t i = 0; i < static_cast<int64_t>(n.size()); i++)
+        for (int64_t s = 0; s < n[i]; s += CHUNK) items.emplace_back(i, s);
+    return items;
+}
+
+// All parameters of a step in one parallel loop over (parameter, chunk) items.
+at::Tensor param_sums(const std::vector<at::Tensor> &grads, const std::vector<c10::optional<at::Tensor>> &weights) {
+    TORCH_CHECK(grads.size() == weights.size(), "param_sums needs one weight (or None) per gradient");
+    int64_t k = static_cast<int64_t>(grads.size());
+    at::Tensor out = at::zeros({k, 4}, at::TensorOptions().dtype(at::kDouble));
+    if (k == 0) return out;
+    auto dtype = grads[0].scalar_type();
+    std::vector<int64_t> n(k);
+    for (int64_t i = 0; i < k; i++) {
+        check_readable(grads[i], "a gradient");
+        TORCH_CHECK(grads[i].scalar_type() == dtype, "param_sums: all gradients must share one dtype");
+        n[i] = grads[i].numel();
+        if (weights[i].has_value()) {
+            const at::Tensor &w = *weights[i];
+            check_readable(w, "a weight");
+            TORCH_CHECK(w.scalar_type() == dtype && w.numel() == n[i], "a weight must match its gradient's dtype "
+                        "and size");
+        }
+    }
+    auto items = items_of(n);
+    std::vector<double> part(5 * std::max<size_t>(items.size(), 1), 0.0);
+    double *o = out.data_ptr<double>();
+    AT_DISPATCH_FLOATING_TYPES(dtype, "param_sums", [&] {
+        std::vector<const scalar_t *> g(k), w(k);
+        for (int64_t i = 0; i < k; i++) {
+            g[i] = grads[i].data_ptr<scalar_t>();
+            w[i] = weights[i].has_value() ? weights[i]->data_ptr<scalar_t>() : nullptr;
+        }
+        at::parallel_for(0, static_cast<int64_t>(items.size()), 1, [&](int64_t begin, int64_t end) {
+            for (int64_t it = begin; it < end; it++) {
+                int64_t i = items[it].first, s = items[it].second, m = std::min(CHUNK, n[i] - s);
+                grad_chunk(g[i] + s, m, part.data() + 5 * it);
+                part[5 * it + 4] = w[i] != nullptr ? sq_chunk(w[i] + s, m) : 0.0;
+            }
+        });
+    });
+    for (size_t it = 0; it < items.size(); it++) {
+        double *r = o + 4 * items[it].first, *p = part.data() + 5 * it;
+        r[0] += p[0]; r[1] += p[1]; r[2] = r[2] > p[2] ? r[2] : p[2]; r[3] += p[4];
+    }
+    for (int64_t i = 0; i < k; i++) {
+        if (std::isnan(o[4 * i + 1])) o[4 * i + 2] = NAN;
+        if (!weights[i].has_value()) o[4 * i + 3] = NAN;
+    }
+    return out;
+}
+
+// ‖a_i - b_i‖² of k pairs (weights after and before an optimizer step) without writing a - b.
+at::Tensor diff_sums(const std::vector<at::Tensor> &after, const std::vector<at::Tensor> &before) {
+    TORCH_CHECK(after.size() == before.size(), "diff_sums needs pairs of tensors");
+    int64_t k = static_cast<int64_t>(after.size());
+    at::Tensor out = at::zeros({k}, at::TensorOptions().dtype(at::kDouble));
+    if (k == 0) return out;
+    auto dtype = after[0].scalar_type();
+    std::vector<int64_t> n(k);
+    for (int64_t i = 0; i < k; i++) {
+        check_readable(after[i], "a tensor");
+        check_readable(before[i], "a tensor");
+        TORCH_CHECK(after[i].scalar_type() == dtype && before[i].scalar_type() == dtype &&
+                    before[i].numel() == after[i].numel(), "diff_sums: pairs must share one dtype and size");
+        n[i] = after[i].numel();
+    }
+    auto items = items_of(n);
+    std::vector<double> part(std::max<size_t>(items.size(), 1), 0.0);
+    AT_DISPATCH_FLOATING_TYPES(dtype, "diff_sums", [&] {
+        std::vector<const scalar_t *> a(k), b(k);
+        for (int64_t i = 0; i < k; i++) {
+            a[i] = after[i].data_ptr<scalar_t>();
+            b[i] = before[i].data_ptr<scalar_t>();
+        }
+        at::parallel_for(0, static_cast<int64_t>(items.size()), 1, [&](int64_t begin, int64_t end) {
+            for (int64_t it = begin; it < end; it++) {
+                int64_t i = items[it].first, s = items[it].second;
+                part[it] = diff_chunk(a[i] + s, b[i] + s, std::min(CHUNK, n[i] - s));
+            }
+        });
+    });
+    double *o = out.data_ptr<double>();
+    for (size_t it = 0; it < items.size(); it++) o[items[it].first] += part[it];
+    return out;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+    m.doc() = "Fused one-pass reductions of diagnostics.recording (see fused_sums.cpp)";
+    m.def("act_sums", &act_sums, "[Σx, Σx², #nonzero, #NaN/Inf] of x into out[row]");
+    m.def("grad_sums", &grad_sums, "[Σ|g|, Σg², max|g|, #NaN/Inf] of g into out[row]");
+    m.def("param_sums", &param_sums, "[Σ|g|, Σg², max|g|, Σw²] of k (gradient, weight) pairs: (k, 4) float64");
+    m.def("diff_sums", &diff_sums, "‖a - b‖² of k pairs: (k,) float64");
+}
