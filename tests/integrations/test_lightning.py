@@ -100,6 +100,19 @@ def test_records_each_optimizer_step_before_clipping(package: str, precision: st
     check_untouched(module, clean, lightning_attributes(package))
 
 
+def test_a_shorter_last_accumulation_window_averages_its_own_losses(store: dx.RunStore) -> None:
+    package = "lightning.pytorch"
+    module = make_module(package)
+    callback = GradientFlowCallback(store=store)
+    fit(package, [callback], module, max_epochs=1, accumulate_grad_batches=3)     # 8 batches: 3 + 3 + 2
+    steps = store.step_frame(callback.run_id)
+    assert steps["step"].tolist() == [0, 1, 2]
+    for row in steps.itertuples():
+        losses = [loss for step, loss in module.losses if step == row.step]
+        assert len(losses) == (2 if row.step == 2 else 3)
+        assert row.loss == pytest.approx(sum(losses) / len(losses), rel=1e-4)
+
+
 def test_exception_in_training_step_marks_the_run_crashed(store: dx.RunStore) -> None:
     package = "lightning.pytorch"
     module = make_module(package, fail_at_step=3)
