@@ -1,6 +1,11 @@
-"""Integrations with training frameworks (Lightning, Hugging Face), each an optional import.
+"""Integrations with training frameworks, each an optional import of its own module.
 
-Empty for now: each integration will be a module here that imports its framework only when used, so that
-``import diagnostics`` never imports them. It may import :mod:`diagnostics.recording` and
-:mod:`diagnostics.store`; nothing imports it but the user's code.
+* :mod:`.lightning`: ``GradientFlowCallback`` for a Trainer of ``lightning.pytorch`` or ``pytorch_lightning``.
+* :mod:`.huggingface`: ``GradientFlowCallback`` (a ``TrainerCallback``) with ``attach(trainer)`` for the Trainer.
+* :mod:`.session`: what both share (the options they accept, the micro-batch losses of a step, the run id of
+  every rank, how a run ends); it imports no framework.
+
+Each framework is imported only by its module, so ``import diagnostics`` never imports one; a missing framework
+gives an ``ImportError`` that says what to install. These modules may import :mod:`diagnostics.recording` and
+:mod:`diagnostics.store`; nothing imports them but the user's code.
 """
