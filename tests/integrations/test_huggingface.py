@@ -120,6 +120,34 @@ def test_callbacks_alone_record_after_clipping_and_say_so(store, tmp_path) -> No
     check_untouched(model, clean, trainer_attributes(bert))
 
 
+def test_attach_without_clipping_records_every_other_step(store, tmp_path) -> None:
+    model = gpt2()
+    trainer = CapturingTrainer(model=model, args=arguments(str(tmp_path / "out"), max_grad_norm=0.0),
+                               train_dataset=Tokens())
+    callback = GradientFlowCallback(store=store, every=2).attach(trainer)
+    trainer.train()
+    assert store.meta(callback.run_id)["gradients"] == "before clipping"      # nothing was clipped
+    steps = store.step_frame(callback.run_id)
+    logs = logged(trainer)
+    assert steps["step"].tolist() == [0, 2]
+    for row in steps.itertuples():
+        assert row.grad_norm_total == pytest.approx(logs[row.step]["grad_norm"], rel=1e-4)
+        assert row.loss == pytest.approx(logs[row.step]["loss"], rel=1e-4)
+
+
+def test_resumed_training_numbers_steps_by_the_global_step(store, tmp_path) -> None:
+    first = CapturingTrainer(model=gpt2(), args=arguments(str(tmp_path / "out"), max_steps=2, save_strategy="steps",
+                                                          save_steps=2), train_dataset=Tokens())
+    GradientFlowCallback(store=store).attach(first)
+    first.train()
+    resumed = CapturingTrainer(model=gpt2(), args=arguments(str(tmp_path / "out")), train_dataset=Tokens())
+    callback = GradientFlowCallback(store=store).attach(resumed)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "out" / "checkpoint-2"))
+    steps = store.step_frame(callback.run_id)
+    assert steps["step"].tolist() == [2, 3]
+    assert steps["loss"].tolist() == pytest.approx([logged(resumed)[s]["loss"] for s in (2, 3)], rel=1e-4)
+
+
 def test_exception_mid_training_marks_the_run_crashed(store, tmp_path) -> None:
     model = gpt2()
     clean = hook_state(model)
