@@ -29,6 +29,7 @@ import torch
 
 from ..errors import MonitorError
 from ..recording import GradientMonitor
+from ..recording.options import RESERVED_METRICS
 from ..store import RunStore
 from .session import Session, check_options, describe, learning_rates, missing, store_for_rank
 
@@ -189,8 +190,6 @@ class GradientFlowCallback(*_callback_bases()):  # type: ignore[misc]
 
 def _step_metrics(trainer: Any) -> dict[str, float]:
     """Scalar values logged in this training batch with ``on_step=True`` (never a validation value)."""
-    from ..recording.options import RESERVED_METRICS
-
     results = getattr(trainer, "_results", None)          # the training loop's results while training
     if results is None:
         return {}

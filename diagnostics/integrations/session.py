@@ -7,13 +7,12 @@ framework's "training starts" and "training ends" events; this module imports no
 
 from __future__ import annotations
 
+import numbers
 import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
-from torch import nn
-
 from ..errors import MonitorError
 from ..recording import GradientMonitor
 from ..recording.options import make_options
@@ -58,12 +57,11 @@ def missing(package: str, install: str) -> ImportError:
 
 def learning_rates(optimizer: Any) -> dict[str, float]:
     """``lr`` of the first parameter group, and ``lr_group{i}`` of every group when there are several."""
-    groups = getattr(optimizer, "param_groups", None) or []
-    rates = {f"lr_group{i}": g["lr"] for i, g in enumerate(groups) if isinstance(g.get("lr"), (int, float))}
-    if not rates:
-        return {}
-    first = rates["lr_group0"] if "lr_group0" in rates else next(iter(rates.values()))
-    return {"lr": float(first)} if len(groups) == 1 else {"lr": float(first), **rates}
+    rates = [float(g["lr"]) for g in getattr(optimizer, "param_groups", None) or []
+             if isinstance(g.get("lr"), (numbers.Real, torch.Tensor))]
+    if len(rates) <= 1:
+        return {"lr": rates[0]} if rates else {}
+    return {"lr": rates[0], **{f"lr_group{i}": rate for i, rate in enumerate(rates)}}
 
 
 class Session:
@@ -107,11 +105,3 @@ def describe(exc: BaseException) -> str:
 def store_for_rank(store: RunStore | str | os.PathLike[str] | None, rank: int) -> RunStore | str | None:
     """Rank 0 writes the run; every other rank records the same steps without a store."""
     return store if rank == 0 else None
-
-
-def model_of(model: nn.Module) -> nn.Module:
-    """The module itself when it is wrapped (DDP's ``.module``), so that layer names do not depend on the wrapper."""
-    while isinstance(getattr(model, "module", None), nn.Module) and type(model).__name__ in (
-            "DistributedDataParallel", "DataParallel"):
-        model = model.module
-    return model
