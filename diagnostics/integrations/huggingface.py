@@ -169,12 +169,13 @@ class GradientFlowCallback(TrainerCallback):
                           "GradientFlowCallback(...).attach(trainer) to record before clipping",
                           RuntimeWarning, stacklevel=2)
         world = int(args.world_size)
+        if attached:
+            where = "Trainer._clip_grad_norm (accumulated, unscaled, before clipping)"
+        else:
+            where = "on_pre_optimizer_step (accumulated" + (", after clipping)" if clipping else ")")
         meta = {
-            "framework": "transformers", "gradients": "before clipping" if attached or not clipping
-            else "after clipping",
-            "recorded_at": "Trainer._clip_grad_norm (accumulated, unscaled, before clipping)" if attached
-            else "on_pre_optimizer_step" + (" (accumulated, after clipping)" if clipping else " (accumulated)"),
-            "attached": attached, "gradient_accumulation_steps": int(args.gradient_accumulation_steps),
+            "framework": "transformers", "gradients": "after clipping" if clipping and not attached
+            else "before clipping", "recorded_at": where, "attached": attached, "gradient_accumulation_steps": int(args.gradient_accumulation_steps),
             "max_grad_norm": float(args.max_grad_norm or 0), "world_size": world,
             **self.options.get("meta", {}),
         }
