@@ -60,6 +60,9 @@ def make_module(package: str, *, fail_at_step: int | None = None, manual: bool =
             x, y = batch
             self.log("val_loss", nn.functional.cross_entropy(self(x), y), on_epoch=True)
 
+        def predict_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            return self(batch[0])
+
         def configure_optimizers(self) -> torch.optim.Optimizer:
             return torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.9)
 

@@ -71,8 +71,9 @@ def check_layers(store: dx.RunStore, run_id: str, grads: dict[int, dict[str, tor
 def test_attach_records_before_clipping_what_the_trainer_logs(make_model, classify, store, tmp_path) -> None:
     model, capture = make_model(), Capture()
     clean = hook_state(model)
-    trainer = CapturingTrainer(model=model, args=arguments(str(tmp_path / "out")),
-                               train_dataset=Tokens(classify=classify), callbacks=[capture])
+    trainer = CapturingTrainer(model=model, args=arguments(str(tmp_path / "out"), eval_strategy="steps", eval_steps=2),
+                               train_dataset=Tokens(classify=classify), eval_dataset=Tokens(8, classify=classify),
+                               callbacks=[capture])
     callback = GradientFlowCallback(store=store, run_name="tiny").attach(trainer)
     assert callback.attach(trainer) is callback                                # attaching twice changes nothing
     trainer.train()
@@ -93,7 +94,10 @@ def test_attach_records_before_clipping_what_the_trainer_logs(make_model, classi
         assert row.lr == capture.lr[row.step]
         assert row.epoch == pytest.approx(log["epoch"])
     assert len(trainer.micro_losses[0]) == 2                                   # gradient_accumulation_steps=2
-    assert set(store.frame(callback.run_id, join_steps=False)["calls"]) <= {0, 2}
+    assert set(store.frame(callback.run_id, join_steps=False)["calls"]) <= {0, 2}      # evaluation adds none
+    assert any("eval_loss" in entry for entry in trainer.state.log_history)
+    trainer.predict(Tokens(8, classify=classify))
+    assert len(store.runs()) == 1 and len(store.step_frame(callback.run_id)) == 4
     check_layers(store, callback.run_id, trainer.pre_clip, capture)
     check_untouched(model, clean, trainer_attributes(make_model))
 

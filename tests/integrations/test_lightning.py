@@ -97,6 +97,9 @@ def test_records_each_optimizer_step_before_clipping(package: str, precision: st
     check_layers(store, callback.run_id, capture)
     layers = store.frame(callback.run_id, join_steps=False)
     assert set(layers["calls"]) == {2}            # two micro-batches per step; validation and sanity adds none
+    trainer.validate(module, data(8))
+    trainer.predict(module, data(8))
+    assert len(store.runs()) == 1 and len(store.step_frame(callback.run_id)) == 8
     check_untouched(module, clean, lightning_attributes(package))
 
 
