@@ -36,6 +36,7 @@ def make_module(package: str, *, fail_at_step: int | None = None, manual: bool =
                                           nn.Conv2d(4, 4, 3, padding=1), nn.ReLU())
             self.head = nn.Linear(4 * 4 * 4, 3)
             self.losses: list[tuple[int, float]] = []      # (global step, training_step loss)
+            self.logit_sums: list[tuple[int, float, int]] = []   # (global step, sum of the head's outputs, count)
             self.automatic_optimization = not manual
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -48,6 +49,7 @@ def make_module(package: str, *, fail_at_step: int | None = None, manual: bool =
             logits = self(x)
             loss = nn.functional.cross_entropy(logits, y)
             self.losses.append((self.trainer.global_step, float(loss.detach().float())))
+            self.logit_sums.append((self.trainer.global_step, float(logits.detach().double().sum()), logits.numel()))
             self.log("acc", (logits.argmax(1) == y).float().mean(), on_step=True, on_epoch=False)
             if manual:
                 opt = self.optimizers()

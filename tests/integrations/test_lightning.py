@@ -188,6 +188,7 @@ def test_ddp_two_processes_write_one_run_of_the_global_batch(tmp_path) -> None:
     meta = store.meta(run_id)
     assert (meta["status"], meta["world_size"], meta["strategy"]) == ("finished", 2, "DDPStrategy")
     steps = store.step_frame(run_id)
+    layers = store.frame(run_id, join_steps=False)
     # 32 samples over 2 ranks, batch 4, accumulate 2: 2 optimizer steps per epoch, 2 epochs.
     assert steps["step"].tolist() == list(range(ranks[0]["global_step"])) == [0, 1, 2, 3]
     for row in steps.itertuples():
@@ -197,6 +198,9 @@ def test_ddp_two_processes_write_one_run_of_the_global_batch(tmp_path) -> None:
         losses = [loss for rank in ranks for step, loss in rank["losses"] if step == row.step]
         assert len(losses) == 4
         assert row.loss == pytest.approx(sum(losses) / 4, rel=1e-4)      # the global batch's mean loss
+        sums = [(total, count) for rank in ranks for step, total, count in rank["logit_sums"] if step == row.step]
+        head = layers[(layers["step"] == row.step) & (layers["layer"] == "head")]
+        assert head["act_mean"].item() == pytest.approx(sum(s for s, _ in sums) / sum(n for _, n in sums), rel=1e-4)
 
     class Capture:
         grads, before, after = ranks[0]["grads"], ranks[0]["before"], ranks[0]["after"]

@@ -33,7 +33,8 @@ def main(store: str, out: str, package: str) -> None:
         now[""][:4] != clean[""][:4]
     torch.save({"rank": trainer.global_rank, "run_id": callback.run_id, "grads": capture.grads,
                 "before": capture.before, "after": capture.after, "clipped_norm": capture.clipped_norm,
-                "losses": module.losses, "hooks_left": hooks_left, "global_step": trainer.global_step},
+                "losses": module.losses, "logit_sums": module.logit_sums, "hooks_left": hooks_left,
+                "global_step": trainer.global_step},
                Path(out) / f"rank{trainer.global_rank}.pt")
 
 
