@@ -30,16 +30,20 @@ names, colors = run_labels(runs), run_colors(list(runs["run"]))
 @st.fragment(run_every=3.0 if running else None)
 def body() -> None:
     loader = StreamlitLoader(store_root())
-    with guard(f"read run {names[chosen[0]]}") as read:
-        first = loader.stat_matrix(chosen[0], stat)
-    if read.failed:
+    readable = []                                     # one unreadable run is reported and the others still drawn
+    for run in chosen:
+        with guard(f"read run {names[run]}") as read:
+            loader.stat_matrix(run, stat)
+        readable += [] if read.failed else [run]
+    if not readable:
         return
+    first = loader.stat_matrix(readable[0], stat)
     if first.empty:
-        st.info(f"Run {names[chosen[0]]} has no recorded steps yet" + (" (it is still starting)." if running else "."))
+        st.info(f"Run {names[readable[0]]} has no recorded steps yet" + (" (it is still starting)." if running else "."))
         return
     if running:
         st.caption("A selected run is still being written: this section refreshes every 3 s.")
-    missing = [names[r] for r in chosen if not layers_with_values(loader.stat_matrix(r, stat))]
+    missing = [names[r] for r in readable if not layers_with_values(loader.stat_matrix(r, stat))]
     if missing:
         st.info(f"No {label(stat)} in {', '.join(missing)}: not recorded (e.g. the monitor ran with "
                 "`activations=False` or `weight_norms=False`). Choose another statistic.")
@@ -51,22 +55,22 @@ def body() -> None:
         step = int(steps[0])
         c1.caption(f"This run has one recorded step ({step}); trends over steps need more.")
     extra = [int(steps[0])] if c2.checkbox("Also show the first step", key="flow_first") else []
-    heat_run = st.selectbox("Run for heatmaps, trends", chosen, format_func=names.get, key="flow_heat") \
-        if len(chosen) > 1 else chosen[0]
+    heat_run = st.selectbox("Run for heatmaps, trends", readable, format_func=names.get, key="flow_heat") \
+        if len(readable) > 1 else readable[0]
     heat = loader.stat_matrix(heat_run, stat)
     layers = list(heat.layers)
 
     # Containers in page order; the widgets inside them are read before the (single) view is built.
     boxes = page_sections()
     picked, hist_layer, kind = layer_pickers(boxes, layers, default_trend_layers(layers_with_values(heat) or layers))
-    options = FlowOptions(chosen, stat, log, step, extra, heat_run, picked, hist_layer, kind,
+    options = FlowOptions(readable, stat, log, step, extra, heat_run, picked, hist_layer, kind,
                           thresholds=thresholds)
     with guard("build the charts") as built:
         view = gradient_flow_view(loader, options, colors, names)
     if built.failed:
         return
 
-    show_flow(view, boxes, store_root(), chosen, names, stat)
+    show_flow(view, boxes, store_root(), readable, names, stat)
 
 
 body()

@@ -136,6 +136,35 @@ def test_a_corrupt_run_is_reported_and_the_page_keeps_working(tmp_path):
     assert isinstance(dx.RunStore(store.root).frame(runs["bn"]), object)
 
 
+def test_one_unreadable_run_never_blanks_the_others(tmp_path):
+    store, runs = make_store(tmp_path / "runs")
+    chunk = next((store.root / runs["plain"] / "layers").iterdir())
+    chunk.write_bytes(b"not parquet")
+    at = open_page(store.root, "pages/gradient_flow.py", selected=[runs["plain"], runs["bn"]])
+    assert len(at.error) == 1 and "Could not read run" in at.error[0].value    # a StoreError: a message
+    assert not at.exception and len(at.get("plotly_chart")) == 8               # the readable run is drawn
+
+
+def test_guard_shows_library_errors_as_messages_and_other_errors_as_bugs():
+    def script():
+        import streamlit as st
+
+        import diagnostics as dx
+        from ui.common import guard
+
+        with guard("read run x") as first:
+            raise dx.StoreError("no run 'x'")
+        with guard("draw") as second:
+            raise KeyError("a bug")
+        st.write(f"went on: {first.failed} {second.failed}")
+
+    at = AppTest.from_function(script, default_timeout=60).run()
+    assert [e.value for e in at.error] == ["Could not read run x: no run 'x'"]
+    bug = at.exception[0]                                                         # shown with its traceback
+    assert len(at.exception) == 1 and bug.value == "'a bug'" and 'raise KeyError("a bug")' in bug.stack_trace[-1]
+    assert at.markdown[0].value == "went on: True True"
+
+
 def test_a_run_still_being_written_refreshes_with_its_new_steps(tmp_path):
     import torch
     from torch import nn
