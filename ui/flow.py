@@ -2,18 +2,12 @@
 
 from __future__ import annotations
 
-import io
-import tempfile
-import zipfile
-from pathlib import Path
-
 import streamlit as st
 
 import diagnostics as dx
-from diagnostics.views.export import export_run
 from diagnostics.views.diagnosis import Thresholds
-from diagnostics.views.report import html_report
-from diagnostics.views.gradient_flow import FlowView
+from diagnostics.views.export import table_bytes, tensorboard_zip
+from diagnostics.views.gradient_flow import FlowView, flow_report
 
 SEVERITY = {"error": st.error, "warning": st.warning, "info": st.info}
 
@@ -45,49 +39,29 @@ def show_findings(view: FlowView, names: dict[str, str]) -> None:
             SEVERITY.get(finding.severity, st.info)(finding.message)
 
 
-def _tensorboard_zip(root: str, run: str) -> bytes:
-    with tempfile.TemporaryDirectory() as tmp:
-        export_run(dx.RunStore(root), run, "tensorboard", Path(tmp) / run)
-        buf = io.BytesIO()
-        with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-            for path in (Path(tmp) / run).rglob("*"):
-                zf.write(path, path.relative_to(tmp))
-        return buf.getvalue()
-
-
 def export_section(view: FlowView, root: str, runs: list[str], names: dict[str, str], stat: str) -> None:
     """Download the shown data (CSV / Parquet), a TensorBoard export and a self-contained HTML report."""
     c1, c2, c3, c4 = st.columns(4)
     fmt = c1.radio("Shown data as", ["CSV", "Parquet"], horizontal=True, key="flow_data_format")
     if c2.button("Prepare the shown data", width="stretch"):
-        data = view.data()
-        if fmt == "CSV":
-            st.session_state["flow_data"] = (f"{stat}.csv", data.to_csv(index=False).encode(), "text/csv")
-        else:
-            buf = io.BytesIO()
-            data.to_parquet(buf, index=False)
-            st.session_state["flow_data"] = (f"{stat}.parquet", buf.getvalue(), "application/octet-stream")
+        ext = {"CSV": "csv", "Parquet": "parquet"}[fmt]
+        mime = "text/csv" if ext == "csv" else "application/octet-stream"
+        st.session_state["flow_data"] = (f"{stat}.{ext}", table_bytes(view.data(), ext), mime)
     if "flow_data" in st.session_state:
         name, payload, mime = st.session_state["flow_data"]
         c2.download_button(f"Download {name}", payload, name, mime, width="stretch")
     run = runs[0]
+    store = dx.RunStore(root)
     if c3.button(f"Prepare TensorBoard export of {names.get(run, run)}", width="stretch"):
-        st.session_state["tb_zip"] = (run, _tensorboard_zip(root, run))
+        st.session_state["tb_zip"] = (run, tensorboard_zip(store, run))
     if c4.button("Prepare HTML report", width="stretch"):
-        meta = dx.RunStore(root).meta(run)
-        summary = {"run": run, "name": meta.get("name"), "model": meta.get("model"), "steps": meta.get("steps"),
-                   "layers": meta.get("layers"), "status": meta.get("status"), "statistic": stat,
-                   "runs compared": ", ".join(names.get(r, r) for r in runs)}
-        findings = [f for r in runs for f in view.findings.get(r, [])]
-        st.session_state["html_report"] = (run, html_report(f"Gradient flow — {meta.get('name')}", summary,
-                                                            findings, list(view.figures.values())).encode())
+        st.session_state["html_report"] = (run, flow_report(view, store, runs, names, stat).encode())
     if st.session_state.get("tb_zip", (None,))[0] == run:
         c3.download_button("Download TensorBoard (.zip)", st.session_state["tb_zip"][1], f"{run}-tensorboard.zip",
                            "application/zip", width="stretch")
     if st.session_state.get("html_report", (None,))[0] == run:
         c4.download_button("Download HTML report", st.session_state["html_report"][1], f"{run}-report.html",
                            "text/html", width="stretch")
-
 
 
 def page_sections() -> dict:

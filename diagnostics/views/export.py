@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import math
+import tempfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from ..errors import StoreError
 from ..store import RunStore
@@ -14,6 +18,28 @@ FORMATS = ("csv", "parquet", "tensorboard")
 
 #: Per-layer statistics written as TensorBoard scalars (tag ``<statistic>/<layer>``).
 TENSORBOARD_LAYER_SCALARS = ("weight_grad_norm", "act_grad_norm", "update_ratio", "act_zero_frac", "weight_norm")
+
+
+def tensorboard_zip(store: RunStore, run_id: str) -> bytes:
+    """One run's TensorBoard export as the bytes of a zip file (for a download button)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        export_run(store, run_id, "tensorboard", Path(tmp) / run_id)
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+            for path in (Path(tmp) / run_id).rglob("*"):
+                zf.write(path, path.relative_to(tmp))
+        return buf.getvalue()
+
+
+def table_bytes(frame: pd.DataFrame, fmt: str) -> bytes:
+    """A table as the bytes of a ``csv`` or ``parquet`` file (for a download button)."""
+    if fmt == "csv":
+        return frame.to_csv(index=False).encode()
+    if fmt == "parquet":
+        buf = io.BytesIO()
+        frame.to_parquet(buf, index=False)
+        return buf.getvalue()
+    raise StoreError(f"unknown table format {fmt!r}; use 'csv' or 'parquet'")
 
 
 def export_run(store: RunStore, run_id: str, fmt: str, out: str | Path | None = None) -> list[Path]:

@@ -17,6 +17,7 @@ import plotly.graph_objects as go
 
 from . import figures
 from .diagnosis import Finding, Thresholds, find_problems
+from .report import html_report
 from .matrices import (Bucketed, HistogramMatrix, StatMatrix, bucket_rows, depth_profile, first_last_ratio,
                        histogram_quantiles, histogram_rows, layers_with_values, load_histograms, load_stat_matrix,
                        matrix_rows)
@@ -152,6 +153,17 @@ def step_rows(run: str, frame: pd.DataFrame, columns: Sequence[str], max_points:
     steps = frame["step"].to_numpy() if present else np.zeros(0, dtype=np.int64)
     values = np.stack([frame[c].to_numpy(dtype=float) for c in present]) if present else np.zeros((0, 0))
     return bucket_rows(run, "steps", present, values, steps, max_points)
+
+
+def flow_report(view: FlowView, store: RunStore, runs: list[str], names: dict[str, str], stat: str) -> str:
+    """The self-contained HTML report of the page as shown: the first run's summary, every finding, every figure."""
+    run = runs[0]
+    meta = store.meta(run)
+    summary = {"run": run, "name": meta.get("name"), "model": meta.get("model"), "steps": meta.get("steps"),
+               "layers": meta.get("layers"), "status": meta.get("status"), "statistic": stat,
+               "runs compared": ", ".join(names.get(r, r) for r in runs)}
+    findings = [f for r in runs for f in view.findings.get(r, [])]
+    return html_report(f"Gradient flow — {meta.get('name')}", summary, findings, list(view.figures.values()))
 
 
 def default_trend_layers(layers: list[str]) -> list[str]:

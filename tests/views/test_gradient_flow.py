@@ -232,3 +232,21 @@ def test_html_report_is_self_contained(tmp_path):
     assert html.startswith("<!DOCTYPE html>") and "My &lt;run&gt;" in html
     assert html.count("Plotly.newPlot") == len(view.figures)
     assert '<script src="http' not in html and len(html) > 1_000_000     # plotly.js inlined, nothing fetched
+
+
+def test_the_pages_downloads_are_built_without_streamlit(tmp_path):
+    import io
+    import zipfile
+
+    from diagnostics.views.export import table_bytes, tensorboard_zip
+    from diagnostics.views.gradient_flow import flow_report
+
+    store, runs = make_store(tmp_path / "runs")
+    ids = list(runs.values())
+    view = gradient_flow_view(CachedLoader(store), FlowOptions(ids), plots.run_colors(ids), {})
+    assert table_bytes(view.data(), "csv").startswith(b"run,step,layer")
+    assert table_bytes(view.data(), "parquet")[:4] == b"PAR1"
+    with zipfile.ZipFile(io.BytesIO(tensorboard_zip(store, ids[0]))) as zf:
+        assert any("events.out.tfevents" in name for name in zf.namelist())
+    report = flow_report(view, store, ids, {}, "weight_grad_norm")
+    assert report.startswith("<!DOCTYPE html>") and ids[0] in report
