@@ -9,16 +9,18 @@ from collections.abc import Mapping, Sequence
 import plotly.graph_objects as go
 
 from .diagnosis import Finding
+from .figures import PALETTE
 
-_STYLE = """
-body { font-family: system-ui, -apple-system, 'Segoe UI', sans-serif; margin: 2rem auto; max-width: 1200px;
-       color: #1f2933; background: #ffffff; padding: 0 1rem; }
-h1 { font-size: 1.8rem; } h2 { margin-top: 2.2rem; border-bottom: 1px solid #d9e2ec; padding-bottom: .3rem; }
-table { border-collapse: collapse; } td, th { padding: .25rem .8rem; border-bottom: 1px solid #e4e7eb; text-align: left; }
-.finding { padding: .6rem .9rem; margin: .5rem 0; border-left: 4px solid; border-radius: 3px; }
-.error { border-color: #D55E00; background: #fdf0e8; } .warning { border-color: #E69F00; background: #fff8e6; }
-.info { border-color: #0072B2; background: #eaf3fa; }
-.figure { margin: 1.2rem 0; }
+#: The page style; the findings' colours come from the one palette (error: vermillion, warning: orange, info: blue).
+_STYLE = f"""
+body {{ font-family: system-ui, -apple-system, 'Segoe UI', sans-serif; margin: 2rem auto; max-width: 1200px;
+       color: #1f2933; background: #ffffff; padding: 0 1rem; }}
+h1 {{ font-size: 1.8rem; }} h2 {{ margin-top: 2.2rem; border-bottom: 1px solid #d9e2ec; padding-bottom: .3rem; }}
+table {{ border-collapse: collapse; }} td, th {{ padding: .25rem .8rem; border-bottom: 1px solid #e4e7eb; text-align: left; }}
+.finding {{ padding: .6rem .9rem; margin: .5rem 0; border-left: 4px solid; border-radius: 3px; }}
+.error {{ border-color: {PALETTE[3]}; background: #fdf0e8; }} .warning {{ border-color: {PALETTE[1]}; background: #fff8e6; }}
+.info {{ border-color: {PALETTE[0]}; background: #eaf3fa; }}
+.figure {{ margin: 1.2rem 0; }}
 """
 
 
