@@ -1,17 +1,28 @@
-"""Combine one step's activation and output-gradient sums across the processes of a DDP job."""
+"""Combine one step's numbers across the processes of a DDP or FSDP2 job: two small collectives per step.
+
+Every rank reduces what it holds (its local batch's activations and output gradients; under FSDP2 its shard of
+each parameter and gradient) to the same handful of sums as one process would, and queues them in an
+:class:`Exchange` with the way they combine: sums add (Σx, Σx², Σ|g|, Σg², Σw², element and NaN/Inf counts,
+‖ΔW‖² of shards), maxima take the maximum. One ``all_gather_into_tensor`` of ``[length, layout hash]`` proves
+that every rank queued the same numbers in the same order (the same layers, calls and shards), and a second one
+moves all the numbers: nothing is exchanged per layer or per parameter, and no ``full_tensor()`` is ever built.
+"""
 
 from __future__ import annotations
 
+import math
 import zlib
-from collections.abc import Mapping
-from dataclasses import replace
 from typing import Any
 
 import numpy as np
 import torch
 
 from ..errors import MonitorError
-from .buffers import Call
+
+SUM, MAX = 0, 1
+
+#: Collectives run by this module, for tests that count them.
+COUNTER = {"collectives": 0}
 
 
 def world_size(group: Any) -> int:
@@ -23,70 +34,80 @@ def world_size(group: Any) -> int:
     return dist.get_world_size(group)
 
 
-def all_reduce_step(acts: dict[str, list[Call]], grads: dict[str, list[Call]], calls: Mapping[str, int],
-                    loss: float, group: Any = None) -> float:
-    """Combine one step's per-call sums across the processes of ``group``, in place, outside any hook.
+def is_sharded(t: torch.Tensor) -> bool:
+    """Whether ``t`` is a DTensor whose local values are only a part of it (FSDP2's ``Shard`` placements)."""
+    placements = getattr(t, "placements", None)
+    if placements is None or type(t).__name__ != "DTensor":
+        return False
+    return any(p.is_shard() or p.is_partial() for p in placements)
 
-    Σx, Σx², non-zero, element and NaN/Inf counts are added; maxima take the maximum. Each rank's loss
-    averages only its local batch, so a local output gradient is ``W`` times the gradient of the global mean
-    loss: Σ|g| is divided by W, Σg² by W², max|g| by W. The result equals one process on the global batch.
-    Two collectives per step (plus one small consistency check).
 
-    Returns:
-        The loss averaged over the ranks (the global batch's mean loss for equal local batches).
-    """
+def check_sharding(params: list[torch.Tensor], distributed: bool, group: Any) -> None:
+    """Refuse what the combination cannot make exact: shards without ``distributed=True``, 2-D meshes."""
+    sharded = [p for p in params if is_sharded(p)]
+    if not sharded:
+        return
+    if not distributed:
+        raise MonitorError("the model's parameters are sharded DTensors (FSDP2): pass distributed=True so that "
+                           "every statistic is of the full parameters, combined across the ranks")
+    for p in sharded:
+        mesh = p.device_mesh
+        if mesh.ndim != 1 or mesh.size() != world_size(group):
+            raise MonitorError(f"a parameter is sharded over a {mesh.ndim}-D device mesh of {mesh.size()} ranks; "
+                               "only FSDP2 over one 1-D mesh of all ranks is supported (not HSDP or tensor "
+                               "parallel)")
+
+
+def _device(group: Any) -> torch.device:
     import torch.distributed as dist
 
-    world = dist.get_world_size(group)
-    for table in (acts, grads):                                   # host rows of the fused kernels -> tensors
-        for items in table.values():
-            for i, c in enumerate(items):
-                if c.nonfinite is None:
-                    items[i] = replace(c, sums=torch.from_numpy(np.array(c.sums[:3])), nonfinite=int(c.sums[3]))
-    act_items = [(name, i, call) for name in sorted(acts) for i, call in enumerate(acts[name])]
-    grad_items = [(name, i, call) for name in sorted(grads) for i, call in enumerate(grads[name])]
-    every = [c for _, _, c in act_items + grad_items]
-    device = every[0].sums.device if every else torch.device("cpu")
-    layout = ("|".join(f"a:{n}:{i}" for n, i, _ in act_items) + "#" +
-              "|".join(f"g:{n}:{i}" for n, i, _ in grad_items) + "#" +
-              "|".join(f"c:{n}:{calls[n]}" for n in sorted(calls)))
-    signature = float(zlib.crc32(layout.encode()))
-    check = torch.tensor([signature, -signature, len(every), -len(every)], dtype=torch.float64, device=device)
-    dist.all_reduce(check, op=dist.ReduceOp.MAX, group=group)
-    if check[0] != -check[1] or check[2] != -check[3]:
-        raise MonitorError("the ranks recorded different layers or call counts in one step; every rank must run "
-                           "the same model code on a batch of the same shape")
-    if not every:
-        total = torch.tensor([loss], dtype=torch.float64, device=device)
-        dist.all_reduce(total, group=group)
-        return float(total) / world
+    if dist.get_backend(group) == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
-    def nonfinite(call: Call) -> torch.Tensor:
-        value = call.nonfinite
-        if isinstance(value, torch.Tensor):
-            return value.to(device=device, dtype=torch.float64).reshape(1)
-        return torch.tensor([float(value)], dtype=torch.float64, device=device)
 
-    numel = [torch.tensor([float(c.numel)], dtype=torch.float64, device=device) for c in every]
-    n_acts = len(act_items)
-    added = torch.cat([                                                 # every additive number, in order
-        torch.tensor([loss], dtype=torch.float64, device=device),
-        *(torch.cat([c.sums.to(torch.float64), n, nonfinite(c)]) for c, n in zip(every[:n_acts], numel)),
-        *(torch.cat([c.sums[:2].to(torch.float64), n, nonfinite(c)]) for c, n in
-          zip(every[n_acts:], numel[n_acts:])),
-    ])                                                                  # (1 + 5 * acts + 4 * grads,)
-    maxima = torch.stack([c.sums[2].to(torch.float64) for c in every[n_acts:]]) if grad_items else None
-    dist.all_reduce(added, group=group)
-    if maxima is not None:
-        dist.all_reduce(maxima, op=dist.ReduceOp.MAX, group=group)
-    pos = 1
-    for name, i, call in act_items:
-        s = added[pos:pos + 5]
-        acts[name][i] = replace(call, numel=int(s[3].item()), sums=s[:3].clone(), nonfinite=int(s[4].item()))
-        pos += 5
-    for k, (name, i, call) in enumerate(grad_items):
-        s = added[pos:pos + 4]
-        sums = torch.stack([s[0] / world, s[1] / world**2, maxima[k] / world])  # (3,) of the global mean loss
-        grads[name][i] = replace(call, numel=int(s[2].item()), sums=sums, nonfinite=int(s[3].item()))
-        pos += 4
-    return float(added[0]) / world
+class Exchange:
+    """Numbers to combine across ranks, each with its rule (SUM or MAX) and a label of what it is."""
+
+    def __init__(self) -> None:
+        self.values: list[float] = []
+        self.ops: list[int] = []
+        self._labels: list[str] = []
+
+    def add(self, label: str, op: int, *values: float) -> int:
+        """Queue ``values`` (one label for all of them); returns the index of the first."""
+        start = len(self.values)
+        self.values.extend(float(v) for v in values)
+        self.ops.extend([op] * len(values))
+        self._labels.append(f"{label}:{op}:{len(values)}")
+        return start
+
+    def run(self, group: Any) -> np.ndarray:
+        """Combine across the ranks of ``group`` (two collectives); every rank gets the same result."""
+        import torch.distributed as dist
+
+        world = dist.get_world_size(group)
+        device = _device(group)
+        signature = float(zlib.crc32("|".join(self._labels).encode()))
+        head = torch.tensor([float(len(self.values)), signature], dtype=torch.float64, device=device)
+        heads = torch.empty(2 * world, dtype=torch.float64, device=device)
+        dist.all_gather_into_tensor(heads, head, group=group)
+        COUNTER["collectives"] += 1
+        heads = heads.view(world, 2).cpu()
+        if not bool((heads == heads[0]).all()):
+            raise MonitorError("the ranks recorded different layers, calls or parameter shards in one step; every "
+                               "rank must run the same model code on a batch of the same shape")
+        if not self.values:
+            return np.empty(0)
+        mine = torch.tensor(self.values, dtype=torch.float64, device=device)
+        every = torch.empty(world * len(self.values), dtype=torch.float64, device=device)
+        dist.all_gather_into_tensor(every, mine, group=group)
+        COUNTER["collectives"] += 1
+        table = every.view(world, -1).cpu().numpy()                         # (world, n)
+        ops = np.asarray(self.ops)
+        return np.where(ops == SUM, table.sum(axis=0), table.max(axis=0))   # NaN propagates either way
+
+
+def mean_loss(total: float, world: int) -> float:
+    """The global batch's mean loss from the ranks' summed local means (equal local batches)."""
+    return total / world if not math.isnan(total) else math.nan

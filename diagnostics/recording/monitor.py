@@ -34,6 +34,7 @@ from .buffers import Kernels, StepBuffer
 from .hooks import Hooks, LiveState
 from .layers import LayerTable
 from .options import RESERVED_METRICS, make_options
+from .distributed import SUM, Exchange, check_sharding, world_size
 from .recorder import OpenStep, StepRecorder, update_ratios
 from .updates import OptimizerSteps
 
@@ -201,6 +202,7 @@ class GradientMonitor:
             raise MonitorError(
                 f"{type(self.model).__name__} (or one of its submodules) already has a GradientMonitor attached; "
                 "leave the first monitor's `with` block (or call detach()) before attaching another")
+        check_sharding([p.tensor for p in self.table.params], self.options.distributed, self._group)
         try:
             self._hooks.attach(self.model)
             self._fused = _fused_kernels() if self.options.fused else None
@@ -249,6 +251,8 @@ class GradientMonitor:
         for module in self.model.modules():
             _ATTACHED.discard(module)
         try:
+            if status == "finished":
+                self._finish_shard_updates()
             self._commit_open()
         finally:
             if self._updates is not None:
@@ -286,7 +290,10 @@ class GradientMonitor:
         if updates is not None and updates.closure_depth:
             updates.closure_recorded = True
         self._live.backwards_at_step = self._live.backwards
-        self._commit_open()
+        previous, self._open = self._open, None
+        if previous is not None and not previous.shard_updates:
+            self._commit(previous)                      # its update is known: store it now
+            previous = None
         step = self._live.step
         buf = self._live.buffer
         if buf.arena is not None and buf.used >= len(buf.arena):    # it overflowed: give the next step twice
@@ -296,7 +303,9 @@ class GradientMonitor:
         recorded = self._live.recording
         self._live.recording = self._live.step % self.options.every == 0
         if recorded:
-            self._record(step, buf, loss, metrics)
+            self._record(step, buf, loss, metrics, previous)
+        else:
+            self._open = previous                       # FSDP2 shard updates wait for the next recorded step
 
     def _check_backward(self) -> None:
         if self._live.backwards != self._live.backwards_at_step:
@@ -309,26 +318,48 @@ class GradientMonitor:
             raise MonitorError("step() was called before any backward pass: call loss.backward() first, then "
                                "step(), then optimizer.step()")
 
-    def _record(self, step: int, buf: StepBuffer, loss: Any, metrics: Mapping[str, Any]) -> None:
+    def _record(self, step: int, buf: StepBuffer, loss: Any, metrics: Mapping[str, Any],
+                previous: OpenStep | None) -> None:
         scale = weight_scale = 1.0
         if self.scaler is not None and getattr(self.scaler, "is_enabled", lambda: True)():
             scale = float(self.scaler.get_scale())
             weight_scale = 1.0 if _grads_already_unscaled(self.scaler) else scale
         in_optimizer = None if self._updates is None else self._updates.held()
-        self._open = self._recorder.record(
+        open_step = self._recorder.record(
             step, buf, loss, metrics, scale=scale, weight_scale=weight_scale, in_optimizer=in_optimizer,
             writer=self._writer, histogram=self._live.histogram_step(step),
-            awaiting_update=self.optimizer is not None)
-        forward, backward = self._open.nonfinite_forward, self._open.nonfinite_backward
+            awaiting_update=self.optimizer is not None, previous=previous)
+        if previous is not None:
+            self._commit(previous)                      # its shard updates were combined with this step
+        self._open = open_step
         if self.optimizer is None:
             self._commit_open()
-        self._report_nonfinite(step, forward, backward)
+        self._report_nonfinite(step, open_step.nonfinite_forward, open_step.nonfinite_backward)
 
     def _commit_open(self) -> None:
         """Store the last recorded step (with its update ratio once the optimizer step is known)."""
         open_step, self._open = self._open, None
-        if open_step is None:
+        if open_step is not None:
+            self._commit(open_step)
+
+    def _finish_shard_updates(self) -> None:
+        """On a normal exit, combine the last step's FSDP2 shard updates across the ranks (two collectives).
+
+        Never on an exception path: another rank may not reach the collective, and waiting would hang.
+        """
+        open_step = self._open
+        if open_step is None or not open_step.shard_updates or world_size(self._group) <= 1:
             return
+        ex = Exchange()
+        names = sorted(open_step.shard_updates)
+        at = {name: ex.add(f"u:{name}", SUM, open_step.updates[name]) for name in names}
+        result = ex.run(self._group)
+        for name in names:
+            open_step.updates[name] = float(result[at[name]])
+        open_step.shard_updates = set()
+
+    def _commit(self, open_step: OpenStep) -> None:
+        """Store one recorded step's rows."""
         update_ratios(open_step)
         run = self.run_id or ""
         tables: dict[str, dict[str, list[Any]]] = {}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -13,7 +13,7 @@ import torch
 
 from . import native, stats
 from .buffers import Call, Scratch, StepBuffer, Transfer
-from .distributed import all_reduce_step, world_size
+from .distributed import MAX, SUM, Exchange, mean_loss, world_size
 from .layers import LayerTable, rank_rows
 from .options import MonitorOptions
 from .reductions import ParamSums, queue_parameters
@@ -38,6 +38,7 @@ class OpenStep:
     kernels: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     kernel_updates: dict[str, np.ndarray] = field(default_factory=dict)
     updates: dict[str, float] = field(default_factory=dict)   # parameter -> ‖ΔW‖²
+    shard_updates: set[str] = field(default_factory=set)      # ... of which only this rank's shard is known yet
     nonfinite_forward: str | None = None
     nonfinite_backward: str | None = None
 
@@ -100,14 +101,15 @@ class StepRecorder:
 
     def record(self, step: int, buf: StepBuffer, loss: Any, metrics: Mapping[str, Any], *, scale: float,
                weight_scale: float, in_optimizer: set[int] | None, writer: Any, histogram: bool,
-               awaiting_update: bool) -> OpenStep:
-        """Pool, reduce and transfer one step; the rows wait in the returned :class:`OpenStep`."""
+               awaiting_update: bool, previous: OpenStep | None = None) -> OpenStep:
+        """Pool, reduce and transfer one step; the rows wait in the returned :class:`OpenStep`.
+
+        In distributed mode the ranks' numbers are combined here (and the shard updates of ``previous``, the
+        step before, ride along), so every statistic is the global batch's and the full parameters'.
+        """
         table, opts = self.table, self.options
         acts, calls, first = buf.committed()
         grads = buf.grads
-        if opts.distributed and world_size(self.group) > 1:
-            local = math.nan if loss is None else _number(loss)
-            loss = all_reduce_step(acts, grads, calls, local, self.group)       # the global batch's mean loss
         transfer = Transfer()
         act_off = _queue_calls(transfer, acts)
         grad_off = _queue_calls(transfer, grads)
@@ -132,7 +134,14 @@ class StepRecorder:
 
         host = transfer.fetch()                                   # the one host transfer of this step
 
-        grad_sums, norms = self._parameter_sums(param_off, host, weight_scale)
+        local_nonfinite = self._local_nonfinite(param_off, host)
+        world = world_size(self.group) if opts.distributed else 1
+        if world > 1:
+            local_loss = host[loss_off] if loss_off is not None else (math.nan if loss is None else _number(loss))
+            loss, act_off, grad_off = self._combine(host, act_off, grad_off, param_off, local_nonfinite,
+                                                    local_loss, previous, world)
+            loss_off = None
+        grad_sums, norms = self._parameter_sums(param_off, host, weight_scale, local_nonfinite)
         params = Columns(ParamRecord)
         for param in table.params:
             sums = grad_sums.get(param.name)
@@ -222,8 +231,72 @@ class StepRecorder:
             open_step.kernels = self.snapshots.take(step, by_depth, weight_scale, awaiting_update, writer)
         return open_step
 
-    def _parameter_sums(self, offsets: Mapping[str, ParamSums], host: np.ndarray,
-                        weight_scale: float) -> tuple[dict[str, GradSums], dict[str, float]]:
+    @staticmethod
+    def _local_nonfinite(offsets: Mapping[str, ParamSums], host: np.ndarray) -> dict[str, int]:
+        """NaN/Inf counts of the gradients whose Σg² is not finite (a second pass over those alone)."""
+        out = {}
+        for name, off in offsets.items():
+            if off.grad >= 0 and not math.isfinite(host[off.grad + 1]):
+                readable = off.values is not None and off.values.device.type != "meta"
+                out[name] = int((~torch.isfinite(off.values)).sum()) if readable else 0
+        return out
+
+    def _combine(self, host: np.ndarray, act_off: dict[str, list[tuple[Call, int, int]]],
+                 grad_off: dict[str, list[tuple[Call, int, int]]], param_off: Mapping[str, ParamSums],
+                 nonfinite: dict[str, int], loss: float, previous: OpenStep | None,
+                 world: int) -> tuple[float, dict[str, list[tuple[Call, int, int]]], dict[str, list[tuple[Call, int, int]]]]:
+        """Combine this rank's numbers with every other rank's, in place in ``host`` (two collectives).
+
+        Each rank's loss averages only its local batch, so a local output gradient is ``W`` times the gradient
+        of the global mean loss: Σ|g| is divided by W, Σg² by W², max|g| by W.
+        """
+        ex = Exchange()
+        at_loss = ex.add("loss", SUM, loss)
+        acts = {(n, i): ex.add(f"a:{n}:{i}", SUM, host[o], host[o + 1], host[o + 2], host[nf], c.numel)
+                for n in sorted(act_off) for i, (c, o, nf) in enumerate(act_off[n])}
+        grads = {(n, i): (ex.add(f"g:{n}:{i}", SUM, host[o], host[o + 1], host[nf], c.numel),
+                          ex.add(f"m:{n}:{i}", MAX, host[o + 2]))
+                 for n in sorted(grad_off) for i, (c, o, nf) in enumerate(grad_off[n])}
+        shards = {}
+        for name in sorted(n for n, off in param_off.items() if off.sharded):
+            off = param_off[name]
+            shards[name] = (ex.add(f"p:{name}", SUM, host[off.grad], host[off.grad + 1], nonfinite.get(name, 0))
+                            if off.grad >= 0 else -1,
+                            ex.add(f"x:{name}", MAX, host[off.grad + 2]) if off.grad >= 0 else -1,
+                            ex.add(f"w:{name}", SUM, host[off.weight]) if off.weight >= 0 else -1)
+        pending = sorted(previous.shard_updates) if previous is not None else []
+        updates = {name: ex.add(f"u:{name}", SUM, previous.updates[name]) for name in pending}
+        result = ex.run(self.group)
+        new_acts: dict[str, list[tuple[Call, int, int]]] = {}
+        for n, items in act_off.items():
+            new_acts[n] = []
+            for i, (c, o, nf) in enumerate(items):
+                k = acts[(n, i)]
+                host[o:o + 3], host[nf] = result[k:k + 3], result[k + 3]
+                new_acts[n].append((replace(c, numel=int(result[k + 4])), o, nf))
+        new_grads: dict[str, list[tuple[Call, int, int]]] = {}
+        for n, items in grad_off.items():
+            new_grads[n] = []
+            for i, (c, o, nf) in enumerate(items):
+                k, m = grads[(n, i)]
+                host[o], host[o + 1], host[o + 2] = result[k] / world, result[k + 1] / world**2, result[m] / world
+                host[nf] = result[k + 2]
+                new_grads[n].append((replace(c, numel=int(result[k + 3])), o, nf))
+        for name, (k, m, w) in shards.items():
+            off = param_off[name]
+            if k >= 0:
+                host[off.grad], host[off.grad + 1], host[off.grad + 2] = result[k], result[k + 1], result[m]
+                nonfinite[name] = int(result[k + 2]) if math.isfinite(result[k + 2]) else 0
+            if w >= 0:
+                host[off.weight] = result[w]
+        for name, k in updates.items():
+            previous.updates[name] = float(result[k])
+        if previous is not None:
+            previous.shard_updates = set()
+        return mean_loss(float(result[at_loss]), world), new_acts, new_grads
+
+    def _parameter_sums(self, offsets: Mapping[str, ParamSums], host: np.ndarray, weight_scale: float,
+                        nonfinite: Mapping[str, int]) -> tuple[dict[str, GradSums], dict[str, float]]:
         grads: dict[str, GradSums] = {}
         norms: dict[str, float] = {}
         for name, off in offsets.items():
@@ -231,17 +304,16 @@ class StepRecorder:
             if off.grad < 0:
                 continue
             sumsq = host[off.grad + 1] / weight_scale**2
-            readable = off.values is not None and off.values.device.type != "meta"
-            nonfinite = int((~torch.isfinite(off.values)).sum()) if readable and not math.isfinite(sumsq) else 0
             grads[name] = GradSums(sum_abs=host[off.grad] / weight_scale, sumsq=sumsq,
                                    max_abs=host[off.grad + 2] / weight_scale, numel=off.numel,
-                                   nonfinite=nonfinite, count=1)
+                                   nonfinite=nonfinite.get(name, 0), count=1)
         return grads, norms
 
 
 def update_ratios(open_step: OpenStep) -> None:
-    """Fill ``update_ratio`` of the open step's rows from its ‖ΔW‖² (parameters not updated stay NaN)."""
-    updates = open_step.updates
+    """Fill ``update_ratio`` of the open step's rows from its ‖ΔW‖² (parameters not updated stay NaN, and so
+    do shards whose updates could not be combined across the ranks)."""
+    updates = {k: v for k, v in open_step.updates.items() if k not in open_step.shard_updates}
     if not updates:
         return
     ratios = {k: stats.ratio(stats.l2_norm(v), open_step.norms.get(k, math.nan)) for k, v in updates.items()}

@@ -16,6 +16,7 @@ import torch
 
 from . import native, stats
 from .buffers import Scratch, Transfer
+from .distributed import is_sharded
 from .layers import Param
 
 
@@ -25,8 +26,10 @@ class ParamSums:
 
     grad: int                      # offset of [Σ|g|, Σg², max|g|]
     weight: int                    # offset of Σw²
-    numel: int                     # dense element count (mean |g| divides by it, also for sparse gradients)
+    numel: int                     # dense element count of the whole parameter (mean |g| divides by it, also
+                                   # for sparse gradients and FSDP2 shards)
     values: torch.Tensor | None    # the gradient values reduced (to count NaN/Inf on the rare host path)
+    sharded: bool = False          # the sums are of this rank's shard only (FSDP2): combined across ranks
 
 
 def gradient_values(g: torch.Tensor) -> torch.Tensor:
@@ -69,40 +72,42 @@ def queue_parameters(params: Iterable[Param], transfer: Transfer, *, fused: bool
     """
     out: dict[str, ParamSums] = {}
     hist: dict[str, list[int]] = defaultdict(list)
-    small: dict[torch.device, list[tuple[str, torch.Tensor, torch.Tensor]]] = defaultdict(list)
-    batched: dict[torch.dtype, list[tuple[str, torch.Tensor, torch.Tensor]]] = defaultdict(list)
+    small: dict[torch.device, list[tuple[str, torch.Tensor, torch.Tensor, int, bool]]] = defaultdict(list)
+    batched: dict[torch.dtype, list[tuple[str, torch.Tensor, torch.Tensor, int, bool]]] = defaultdict(list)
     with torch.no_grad():
         for param in params:
-            p, name = local(param.tensor.detach()), param.name
+            p, name, numel, sharded = local(param.tensor.detach()), param.name, param.tensor.numel(), \
+                is_sharded(param.tensor)
             g = param.tensor.grad
             if g is None:
                 if name in weights_without_grad:
-                    out[name] = ParamSums(-1, transfer.add(stats.squared_norm(p)), p.numel(), None)
+                    out[name] = ParamSums(-1, transfer.add(stats.squared_norm(p)), numel, None, sharded)
                 continue
             g = local(g)
             values = gradient_values(g)
             if histograms and param.group == "weight":
                 hist[param.row].append(transfer.add(stats.log10_histogram(values)))   # summed per row later
             if fused and values is g and native.eligible_pair(g, p):
-                batched[g.dtype].append((name, g, p))              # all CPU parameters in one pass, below
+                batched[g.dtype].append((name, g, p, numel, sharded))   # all CPU parameters in one pass, below
                 continue
             if values is g and _plain(g) and 0 < g.numel() <= stats.BATCH_NUMEL \
                     and g.dtype in (torch.float32, torch.float64):
-                small[g.device].append((name, g, p))               # reduced below, all at once
+                small[g.device].append((name, g, p, numel, sharded))    # reduced below, all at once
                 continue
             w_off = transfer.add(stats.squared_norm(p)) if weight_norms else -1
             sums = stats.gradient_sums(values, scratch.like(values))
-            out[name] = ParamSums(transfer.add(sums), w_off, p.numel(), values)
+            out[name] = ParamSums(transfer.add(sums), w_off, numel, values, sharded)
         for items in batched.values():
-            sums = native.param_sums([g for _, g, _ in items],
-                                     [w if weight_norms else None for _, _, w in items])  # (k, 4)
+            sums = native.param_sums([g for _, g, _, _, _ in items],
+                                     [w if weight_norms else None for _, _, w, _, _ in items])  # (k, 4)
             off = transfer.add(sums)
-            for i, (name, g, _) in enumerate(items):
-                out[name] = ParamSums(off + 4 * i, off + 4 * i + 3 if weight_norms else -1, g.numel(), g)
+            for i, (name, g, _, numel, sharded) in enumerate(items):
+                out[name] = ParamSums(off + 4 * i, off + 4 * i + 3 if weight_norms else -1, numel, g, sharded)
         for device, items in small.items():
-            ids = segment_ids(tuple(g.numel() for _, g, _ in items), device)
-            g_off = transfer.add(stats.gradient_sums_batched([g for _, g, _ in items], ids))  # (k, 3)
-            w_off = transfer.add(stats.squared_norms_batched([w for _, _, w in items], ids)) if weight_norms else -1
-            for i, (name, g, _) in enumerate(items):
-                out[name] = ParamSums(g_off + 3 * i, w_off + i if w_off >= 0 else -1, g.numel(), g)
+            ids = segment_ids(tuple(g.numel() for _, g, _, _, _ in items), device)
+            g_off = transfer.add(stats.gradient_sums_batched([g for _, g, _, _, _ in items], ids))  # (k, 3)
+            w_off = transfer.add(stats.squared_norms_batched([w for _, _, w, _, _ in items], ids)) \
+                if weight_norms else -1
+            for i, (name, g, _, numel, sharded) in enumerate(items):
+                out[name] = ParamSums(g_off + 3 * i, w_off + i if w_off >= 0 else -1, numel, g, sharded)
     return out, hist

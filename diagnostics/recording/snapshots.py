@@ -34,7 +34,8 @@ class KernelSnapshots:
 
     def _is_kernel(self, layer: str) -> bool:
         p = self._weight_of(layer)
-        return p is not None and p.dim() >= 3 and p.requires_grad
+        # A sharded (FSDP2) weight is not snapshotted: its full ∂L/∂W would need a gather of the whole tensor.
+        return p is not None and p.dim() >= 3 and p.requires_grad and type(p).__name__ != "DTensor"
 
     def _choose(self, by_depth: list[str], writer: RunWriter | None) -> None:
         convs = [n for n in by_depth if self._is_kernel(n)]

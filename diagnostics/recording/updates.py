@@ -15,7 +15,9 @@ import torch
 from . import native, stats
 from .hooks import LiveState
 from .layers import LayerTable
+from .distributed import is_sharded
 from .recorder import OpenStep, apply_fused_updates
+from .reductions import local
 
 
 class OptimizerSteps:
@@ -95,7 +97,7 @@ class OptimizerSteps:
             for param in self.table.params:
                 if param.name not in names:
                     continue
-                p = param.tensor.detach()
+                p = local(param.tensor.detach())                  # an FSDP2 shard: this rank's part
                 old = self._copies.get(param.name)
                 if old is None or old.shape != p.shape or old.device != p.device or old.dtype != p.dtype:
                     self._copies[param.name] = old = torch.empty_like(p)
@@ -114,7 +116,9 @@ class OptimizerSteps:
             for param in self.table.params:
                 if param.name not in names:
                     continue
-                p, old = param.tensor.detach(), self._copies[param.name]
+                p, old = local(param.tensor.detach()), self._copies[param.name]
+                if is_sharded(param.tensor):
+                    open_step.shard_updates.add(param.name)       # summed across the ranks at the next step
                 if self.fused and id(param.tensor) not in snapshot and native.eligible_pair(p, old):
                     fused.append((param.name, p, old))           # ‖ΔW‖² in one read of both, ΔW never written
                     continue
