@@ -268,11 +268,12 @@ def _correlate_weight_unit_stride(
             )  # (kW, K, C) one product per tap of kernel row a
         return grad
     gg, xg = g.view(G, Kg, R), x.view(G, Cg, L)  # (G, K/G, R), (G, C/G, L)
+    grad_groups = grad.view(G, Kg, Cg, kh, kw)  # (G, K/G, C/G, kH, kW)
     for a in range(kh):
         for b in range(kw):
             offset = a * dh * Wp + b * dw
-            torch.bmm(gg, xg[:, :, offset : offset + R].transpose(1, 2), out=grad.view(G, Kg, Cg, kh, kw)[..., a, b])
-            # (G, K/G, C/G) one product per group
+            taps = xg[:, :, offset : offset + R].transpose(1, 2)  # (G, R, C/G) a view
+            torch.bmm(gg, taps, out=grad_groups[..., a, b])  # (G, K/G, C/G) one product per group
     return grad
 
 
@@ -371,7 +372,9 @@ def conv2d_grad_weight(
         elif padding_mode != "zeros":
             input_cn = pad_input(input_cn, pads, padding_mode)  # (C_in, N, Hp, Wp)
         input_cn = input_cn.contiguous()  # (C_in, N, Hp, Wp) copies only if no padding made the copy
-        return _correlate_weight_unit_stride(input_cn, grad_output, (kh, kw), dilation2, groups)  # (C_out, C_in/G, kH, kW)
+        return _correlate_weight_unit_stride(
+            input_cn, grad_output, (kh, kw), dilation2, groups
+        )  # (C_out, C_in/G, kH, kW)
     if padding_mode == "zeros":
         # Padding and the channels-last copy in one pass.
         input_cl = F.pad(input.permute(0, 2, 3, 1), (0, 0, left, right, top, bottom))  # (N, Hp, Wp, C_in)
