@@ -108,6 +108,14 @@ class Exchange:
         return np.where(ops == SUM, table.sum(axis=0), table.max(axis=0))   # NaN propagates either way
 
 
+def sum_across_ranks(values: list[float], labels: list[str], group: Any) -> list[float]:
+    """Each value summed over the ranks of ``group`` (two collectives)."""
+    ex = Exchange()
+    at = [ex.add(f"u:{label}", SUM, value) for label, value in zip(labels, values)]
+    result = ex.run(group)
+    return [float(result[i]) for i in at]
+
+
 def mean_loss(total: float, world: int) -> float:
     """The global batch's mean loss from the ranks' summed local means (equal local batches)."""
     return total / world if not math.isnan(total) else math.nan

@@ -27,6 +27,17 @@ def graph_task_id() -> int:
     return torch._C._current_graph_task_id()
 
 
+def compiled(model: nn.Module) -> bool:
+    """Whether ``model`` runs through ``torch.compile`` (an ``OptimizedModule`` or a module compiled in place)."""
+    return type(model).__name__ == "OptimizedModule" or any(
+        getattr(m, "_compiled_call_impl", None) is not None for m in model.modules())
+
+
+def compiled_in_place(model: nn.Module) -> bool:
+    """Whether the model's own call is compiled (``model.compile()``): hooks on it would be traced."""
+    return getattr(model, "_compiled_call_impl", None) is not None
+
+
 @dataclass
 class LiveState:
     """What the hooks read and write while the model trains; the monitor swaps ``buffer`` at each step."""
@@ -59,26 +70,46 @@ class Hooks:
         self.table = table
         self.live = live
         self._handles: list[Any] = []
+        self._leaf_handles: list[Any] = []
 
     def __len__(self) -> int:
-        return len(self._handles)
+        return len(self._handles) + len(self._leaf_handles)
 
     def add(self, handle: Any) -> None:
         self._handles.append(handle)
 
-    def attach(self, model: nn.Module) -> None:
-        """Hook every selected leaf, the model's passes and the trainable parameters."""
-        for module, name in self.table.leaf_names().items():
-            if name in self.table.selected:
-                self.add(module.register_forward_hook(self._forward_hook(name)))
-        self.add(model.register_forward_pre_hook(self._before_model))
-        self.add(model.register_forward_hook(self._after_model))
+    def attach(self, model: nn.Module, leaves: bool = True) -> None:
+        """Hook the model's passes, the trainable parameters and (unless ``leaves=False``) every selected leaf.
+
+        A compiled model's leaves are hooked only around the steps it runs eagerly (:meth:`attach_leaves`):
+        hooks present when Dynamo traces would be traced, and their side effects would break the graph.
+        """
+        if leaves:
+            self.attach_leaves()
+        if not compiled_in_place(model):                 # an OptimizedModule's own call is not traced
+            self.add(model.register_forward_pre_hook(self._before_model))
+            self.add(model.register_forward_hook(self._after_model))
         for param in self.table.params:
             if param.tensor.requires_grad:
                 self.add(param.tensor.register_post_accumulate_grad_hook(self._on_param_grad))
 
+    def attach_leaves(self) -> None:
+        """Hook every selected leaf (idempotent)."""
+        if self._leaf_handles:
+            return
+        for module, name in self.table.leaf_names().items():
+            if name in self.table.selected:
+                self._leaf_handles.append(module.register_forward_hook(self._forward_hook(name)))
+
+    def remove_leaves(self) -> None:
+        """Remove the leaves' hooks (idempotent)."""
+        handles, self._leaf_handles = self._leaf_handles, []
+        for handle in handles:
+            handle.remove()
+
     def remove(self) -> None:
         """Remove every handle (idempotent)."""
+        self.remove_leaves()
         handles, self._handles = self._handles, []
         for handle in handles:
             handle.remove()

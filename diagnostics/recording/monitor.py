@@ -16,7 +16,6 @@ How it measures:
 
 from __future__ import annotations
 
-import numbers
 import os
 import warnings
 import weakref
@@ -31,58 +30,20 @@ from ..errors import MonitorError, NonFiniteGradientError, StoreError
 from ..store import ColumnBuffer, RunStore, RunWriter, new_run_id
 from . import native, stats
 from .buffers import Kernels, StepBuffer
-from .hooks import Hooks, LiveState
+from .distributed import check_sharding, sum_across_ranks, world_size
+from .hooks import Hooks, LiveState, compiled
 from .layers import LayerTable
-from .options import RESERVED_METRICS, make_options
-from .distributed import SUM, Exchange, check_sharding, world_size
-from .recorder import OpenStep, StepRecorder, update_ratios
-from .updates import OptimizerSteps
+from .options import RESERVED_METRICS, check_scalar, make_options
+from .recorder import OpenStep, StepRecorder, update_ratios, write_step
+from .updates import OptimizerSteps, grads_already_unscaled, unwrap_optimizer
 
 #: Modules (a monitored model and all its submodules) that have a monitor attached; weak references only.
 _ATTACHED: weakref.WeakSet[nn.Module] = weakref.WeakSet()
 
 
-def unwrap_optimizer(optimizer: Any) -> torch.optim.Optimizer:
-    """The torch optimizer inside a wrapper (accelerate's ``AcceleratedOptimizer``, Lightning's, ...).
-
-    A wrapper may subclass ``torch.optim.Optimizer`` without being initialised as one (accelerate's never calls
-    ``Optimizer.__init__``, so it has no step hooks): anything that holds an inner optimizer is unwrapped.
-    """
-    seen = 0
-    while seen < 8:
-        inner = getattr(optimizer, "optimizer", None) or getattr(optimizer, "_optimizer", None)
-        if inner is None or inner is optimizer:
-            break
-        optimizer, seen = inner, seen + 1
-    if not isinstance(optimizer, torch.optim.Optimizer):
-        raise MonitorError(f"optimizer must be a torch.optim.Optimizer (or a wrapper with .optimizer), got "
-                           f"{type(optimizer).__name__}")
-    return optimizer
-
-
 def _fused_kernels() -> Kernels | None:
     """The fused CPU reductions (built on first use), or None when diagnostics.recording.native is unavailable."""
     return native.kernels()
-
-
-def _grads_already_unscaled(scaler: Any) -> bool:
-    """Whether ``scaler.unscale_(optimizer)`` already ran in this iteration (PyTorch tracks it per optimizer)."""
-    states = getattr(scaler, "_per_optimizer_states", None)
-    if not states:
-        return False
-    from torch.amp.grad_scaler import OptState
-
-    return any(s.get("stage") is OptState.UNSCALED for s in states.values())
-
-
-def _check_scalar(name: str, value: Any) -> None:
-    if isinstance(value, torch.Tensor):
-        if value.numel() != 1:
-            raise MonitorError(f"step(): {name} must be a scalar, got a tensor of shape {tuple(value.shape)}; "
-                               "pass e.g. loss.mean() or a number")
-        return
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise MonitorError(f"step(): {name} must be a number or a 1-element tensor, got {value!r}")
 
 
 class GradientMonitor:
@@ -142,7 +103,7 @@ class GradientMonitor:
                  kernels: Sequence[str] | str | None = None, kernel_every: int = 50,
                  kernel_max_mb: float = 256.0, meta: Mapping[str, Any] | None = None,
                  flush_every: int = 10, activations: bool = True, weight_norms: bool = True,
-                 distributed: bool | Any = False, fused: bool = True) -> None:
+                 distributed: bool | Any = False, fused: bool = True, eager_every: int = 10) -> None:
         if not isinstance(model, nn.Module):
             raise MonitorError(f"GradientMonitor needs an nn.Module, got {type(model).__name__}")
         self.options = make_options(
@@ -150,7 +111,7 @@ class GradientMonitor:
             on_nonfinite=on_nonfinite, kernels=kernels, kernel_every=kernel_every, kernel_max_mb=kernel_max_mb,
             flush_every=flush_every, activations=activations,
             weight_norms=bool(weight_norms) or optimizer is not None, distributed=distributed, fused=fused,
-            meta=meta)
+            eager_every=eager_every, meta=meta)
         if store is not None and not isinstance(store, RunStore):
             if not isinstance(store, (str, os.PathLike)):
                 raise MonitorError(f"store must be a RunStore or a folder path, got {type(store).__name__}")
@@ -183,6 +144,9 @@ class GradientMonitor:
         self._open: OpenStep | None = None
         self._warned_nonfinite = False
         self._updates: OptimizerSteps | None = None
+        self.compiled = compiled(model)
+        self._eager: Any = None               # the force_eager stance of a compiled model's activation step
+        self._recorded = 0                    # recorded steps so far
 
     # -- lifecycle -----------------------------------------------------------------------------------------
     def __enter__(self) -> GradientMonitor:
@@ -204,7 +168,7 @@ class GradientMonitor:
                 "leave the first monitor's `with` block (or call detach()) before attaching another")
         check_sharding([p.tensor for p in self.table.params], self.options.distributed, self._group)
         try:
-            self._hooks.attach(self.model)
+            self._hooks.attach(self.model, leaves=not self.compiled)
             self._fused = _fused_kernels() if self.options.fused else None
             self._recorder = StepRecorder(self.table, self.options, self._group, self._fused is not None,
                                           self._live.scratch)
@@ -225,6 +189,7 @@ class GradientMonitor:
             raise
         _ATTACHED.update(self.model.modules())
         self._live.enabled = True
+        self._begin_eager_step()
 
     def _open_run(self) -> None:
         if self.store is None:
@@ -239,6 +204,7 @@ class GradientMonitor:
             "reductions": "fused" if self._fused else "pytorch", "histogram_every": opts.histogram_every,
             "hist_edges": stats.HIST_EDGES.tolist(), "torch": torch.__version__,
             "device": str(params[0].device) if params else "cpu", "rows": "leaf+owner",
+            "compiled": self.compiled, "eager_every": opts.eager_every if self.compiled else None,
             **opts.meta,
         }
         self._writer = self.store.create_run(self.run_name, meta, flush_every=opts.flush_every)
@@ -247,6 +213,7 @@ class GradientMonitor:
     def detach(self, status: str = "finished", error: str | None = None) -> None:
         """Remove every hook (idempotent), store the last step and close the run."""
         self._live.enabled = False
+        self._end_eager_step()
         self._remove_hooks()
         for module in self.model.modules():
             _ATTACHED.discard(module)
@@ -275,18 +242,19 @@ class GradientMonitor:
         if not self._live.enabled:
             raise MonitorError("step() was called outside the monitor's `with` block (or after detach())")
         if loss is not None:
-            _check_scalar("loss", loss)
+            check_scalar("loss", loss)
         for key, value in metrics.items():
             if key in RESERVED_METRICS:
                 raise MonitorError(f"step(): the metric name {key!r} is a column the monitor writes itself; "
                                    f"rename it (reserved: {sorted(RESERVED_METRICS)})")
-            _check_scalar(f"metric {key!r}", value)
+            check_scalar(f"metric {key!r}", value)
         updates = self._updates
         if updates is not None and updates.later_evaluation():
             self._live.fresh_buffer()                 # a later evaluation of the same optimizer step
             self._live.backwards_at_step = self._live.backwards
             return
         self._check_backward()
+        eager = self._end_eager_step()
         if updates is not None and updates.closure_depth:
             updates.closure_recorded = True
         self._live.backwards_at_step = self._live.backwards
@@ -303,9 +271,35 @@ class GradientMonitor:
         recorded = self._live.recording
         self._live.recording = self._live.step % self.options.every == 0
         if recorded:
+            self._recorded += 1
+            if self.compiled:                           # which steps have activation statistics
+                metrics = {**metrics, "activation_stats": float(eager)}
             self._record(step, buf, loss, metrics, previous)
         else:
             self._open = previous                       # FSDP2 shard updates wait for the next recorded step
+        self._begin_eager_step()
+
+    def _begin_eager_step(self) -> None:
+        """On a compiled model, run the next step eagerly with the leaves hooked when it is an activation step.
+
+        The compiled steps carry no hook (nothing for Dynamo to trace, no graph break, no recompile); every
+        ``eager_every``-th recorded step runs under ``torch.compiler.set_stance("force_eager")`` instead.
+        """
+        opts = self.options
+        if not (self.compiled and opts.activations and self._live.enabled and self._live.recording):
+            return
+        if self._recorded % opts.eager_every == 0 and self._eager is None:
+            self._eager = torch.compiler.set_stance("force_eager")     # set now; restored by __exit__
+            self._hooks.attach_leaves()
+
+    def _end_eager_step(self) -> bool:
+        """Leave the eager step (restore the stance, unhook the leaves); whether the step was one."""
+        if self._eager is None:
+            return not self.compiled and self.options.activations
+        self._hooks.remove_leaves()
+        stance, self._eager = self._eager, None
+        stance.__exit__(None, None, None)
+        return True
 
     def _check_backward(self) -> None:
         if self._live.backwards != self._live.backwards_at_step:
@@ -323,7 +317,7 @@ class GradientMonitor:
         scale = weight_scale = 1.0
         if self.scaler is not None and getattr(self.scaler, "is_enabled", lambda: True)():
             scale = float(self.scaler.get_scale())
-            weight_scale = 1.0 if _grads_already_unscaled(self.scaler) else scale
+            weight_scale = 1.0 if grads_already_unscaled(self.scaler) else scale
         in_optimizer = None if self._updates is None else self._updates.held()
         open_step = self._recorder.record(
             step, buf, loss, metrics, scale=scale, weight_scale=weight_scale, in_optimizer=in_optimizer,
@@ -348,48 +342,22 @@ class GradientMonitor:
         Never on an exception path: another rank may not reach the collective, and waiting would hang.
         """
         open_step = self._open
-        if open_step is None or not open_step.shard_updates or world_size(self._group) <= 1:
-            return
-        ex = Exchange()
-        names = sorted(open_step.shard_updates)
-        at = {name: ex.add(f"u:{name}", SUM, open_step.updates[name]) for name in names}
-        result = ex.run(self._group)
-        for name in names:
-            open_step.updates[name] = float(result[at[name]])
-        open_step.shard_updates = set()
+        if open_step is not None and open_step.shard_updates and world_size(self._group) > 1:
+            names = sorted(open_step.shard_updates)
+            open_step.updates.update(zip(names, sum_across_ranks([open_step.updates[n] for n in names], names,
+                                                                 self._group)))
+            open_step.shard_updates = set()
 
     def _commit(self, open_step: OpenStep) -> None:
-        """Store one recorded step's rows."""
+        """Store one recorded step's rows (with the update ratios known by now)."""
         update_ratios(open_step)
-        run = self.run_id or ""
-        tables: dict[str, dict[str, list[Any]]] = {}
-        for key, columns in (("layers", open_step.layers), ("params", open_step.params), ("hist", open_step.hist)):
-            if columns is not None and len(columns):
-                tables[key] = {"run": [run] * len(columns), **columns.data}
-        tables["steps"] = {"run": [run], **{k: [v] for k, v in open_step.steps.items()}}
-        if self._writer is not None:
-            for key, columns in tables.items():
-                self._writer.append(key, columns)
-            if open_step.kernels:
-                arrays = {f"{layer}|{kind}": arr for layer, kinds in open_step.kernels.items()
-                          for kind, arr in kinds.items()}
-                for layer, upd in open_step.kernel_updates.items():
-                    arrays[f"{layer}|update"] = upd
-                self._writer.write_kernels(open_step.step, arrays)
-            self._writer.meta["layers"] = len(self._recorder.depth)
-            self._writer.end_step()
-        else:
-            for key, columns in tables.items():
-                self._memory[key].extend(columns)
+        write_step(open_step, self.run_id or "", self._writer, self._memory, len(self._recorder.depth))
 
     def _report_nonfinite(self, step: int, forward: str | None, backward: str | None) -> None:
         if forward is None and backward is None:
             return
-        where = []
-        if forward is not None:
-            where.append(f"in the forward pass first at layer {forward!r}")
-        if backward is not None:
-            where.append(f"in the backward pass first at layer {backward!r}")
+        where = [f"in the {phase} pass first at layer {layer!r}" for phase, layer in
+                 (("forward", forward), ("backward", backward)) if layer is not None]
         message = f"non-finite values (NaN/Inf) at step {step}: " + " and ".join(where)
         if self._writer is not None and "first_nonfinite" not in self._writer.meta:
             self._writer.meta["first_nonfinite"] = {"step": step, "forward": forward, "backward": backward}
@@ -431,7 +399,7 @@ class GradientMonitor:
         for key, value in metrics.items():
             if key in RESERVED_METRICS and key != "loss":
                 raise MonitorError(f"annotate(): the metric name {key!r} is a column the monitor writes itself")
-            _check_scalar(f"metric {key!r}", value)
+            check_scalar(f"metric {key!r}", value)
         if self._open is None:
             return False
         for key, value in metrics.items():
@@ -462,6 +430,10 @@ class GradientMonitor:
         self._commit_if_finished()
         layers = self._collect("layers")
         steps = self._collect("steps")
+        if layers.empty and not steps.empty:
+            warnings.warn(f"{len(steps)} steps were recorded but no layer row: no parameter received a gradient and "
+                          "no hooked layer ran a forward pass that backward reached (check layers=/layer_types=, "
+                          "and that the model's forward calls its modules)", RuntimeWarning, stacklevel=2)
         if layers.empty or steps.empty:
             return layers
         extra = [c for c in steps.columns if c not in layers.columns]

@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from torch import nn
 
 from ..errors import MonitorError
@@ -14,7 +15,7 @@ from ..errors import MonitorError
 #: Step-table columns the monitor writes itself; a metric given to ``step()`` may not reuse these names.
 RESERVED_METRICS: frozenset[str] = frozenset({
     "run", "step", "time", "loss", "grad_norm_total", "grad_scale", "nonfinite_forward_layer",
-    "nonfinite_backward_layer", "optimizer_step",
+    "nonfinite_backward_layer", "optimizer_step", "activation_stats",
 })
 
 
@@ -36,6 +37,8 @@ class MonitorOptions:
     weight_norms: bool = True                       # ‖W‖ of every row (one more read of the weights)
     distributed: bool = False                       # combine activation statistics across ranks
     fused: bool = True                              # fused one-pass CPU kernels where they can be used
+    eager_every: int = 10                           # compiled models: activation statistics every this many
+                                                    # recorded steps, run eagerly (the others stay compiled)
     meta: Mapping[str, Any] = field(default_factory=dict)   # extra JSON metadata of the run
 
 
@@ -52,7 +55,7 @@ def make_options(*, every: Any = 1, first_step: Any = 0, layers: Sequence[str] |
                  kernels: Sequence[str] | str | None = None, kernel_every: Any = 50,
                  kernel_max_mb: Any = 256.0, flush_every: Any = 10, activations: bool = True,
                  weight_norms: bool = True, distributed: Any = False, fused: bool = True,
-                 meta: Mapping[str, Any] | None = None) -> MonitorOptions:
+                 eager_every: Any = 10, meta: Mapping[str, Any] | None = None) -> MonitorOptions:
     """Check every option and return them as one :class:`MonitorOptions`; raises :class:`MonitorError`."""
     if on_nonfinite not in ("warn", "raise", "ignore"):
         raise MonitorError(f"on_nonfinite must be 'warn', 'raise' or 'ignore', got {on_nonfinite!r}")
@@ -83,5 +86,15 @@ def make_options(*, every: Any = 1, first_step: Any = 0, layers: Sequence[str] |
         kernel_every=_count("kernel_every", kernel_every, 1), kernel_max_mb=float(kernel_max_mb),
         flush_every=_count("flush_every", flush_every, 1), activations=bool(activations),
         weight_norms=bool(weight_norms), distributed=distributed is not False, fused=bool(fused),
-        meta=dict(meta or {}),
+        eager_every=_count("eager_every", eager_every, 1), meta=dict(meta or {}),
     )
+
+
+def check_scalar(name: str, value: Any) -> None:
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise MonitorError(f"step(): {name} must be a scalar, got a tensor of shape {tuple(value.shape)}; "
+                               "pass e.g. loss.mean() or a number")
+        return
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise MonitorError(f"step(): {name} must be a number or a 1-element tensor, got {value!r}")

@@ -81,6 +81,7 @@ class StepRecorder:
         self.group = group
         self.fused = fused
         self.depth: dict[str, int] = {}               # row name -> rank, fixed when first recorded
+        self.ran: set[str] = set()                    # leaves seen running in any recorded step
         self.scratch = scratch
         self._segments: dict[tuple[tuple[int, ...], torch.device], torch.Tensor] = {}
         self.snapshots = None if options.kernels is None else KernelSnapshots(
@@ -155,6 +156,7 @@ class StepRecorder:
                 in_optimizer=inside))
 
         rank_rows(table, names, first, self.depth)
+        self.ran.update(calls)
         layers = Columns(LayerRecord)
         groups: dict[str, list[str]] = {}
         first_forward = min(((c.seq, n) for n, items in act_off.items() for c, _, o in items if host[o] > 0),
@@ -177,7 +179,7 @@ class StepRecorder:
             if in_optimizer is not None and row.params:
                 inside = any(id(p.tensor) in in_optimizer for p in row.params)
             layers.append(LayerRecord(
-                step=step, layer=label, type=row.type, kind="leaf" if row.leaf and name in calls else "owner",
+                step=step, layer=label, type=row.type, kind="leaf" if row.leaf and name in self.ran else "owner",
                 depth=self.depth[name], calls=int(calls.get(name, 0)),
                 weight_grad_norm=w.norm(), weight_grad_mean_abs=w.mean_abs(), weight_grad_max_abs=w.max(),
                 bias_grad_norm=b.norm(),
@@ -337,3 +339,25 @@ def apply_fused_updates(open_step: OpenStep, pairs: list[tuple[str, torch.Tensor
     for items in by_dtype.values():
         squares = native.diff_sums([a for _, a, _ in items], [b for _, _, b in items]).tolist()
         open_step.updates.update(zip([n for n, _, _ in items], squares))
+
+
+def write_step(open_step: OpenStep, run: str, writer: Any, memory: Mapping[str, Any], layers: int) -> None:
+    """Append one recorded step's rows to the run's writer (or to the in-memory tables without a store)."""
+    tables: dict[str, dict[str, list[Any]]] = {}
+    for key, columns in (("layers", open_step.layers), ("params", open_step.params), ("hist", open_step.hist)):
+        if columns is not None and len(columns):
+            tables[key] = {"run": [run] * len(columns), **columns.data}
+    tables["steps"] = {"run": [run], **{k: [v] for k, v in open_step.steps.items()}}
+    if writer is None:
+        for key, columns in tables.items():
+            memory[key].extend(columns)
+        return
+    for key, columns in tables.items():
+        writer.append(key, columns)
+    if open_step.kernels:
+        arrays = {f"{layer}|{kind}": arr for layer, kinds in open_step.kernels.items() for kind, arr in kinds.items()}
+        for layer, update in open_step.kernel_updates.items():
+            arrays[f"{layer}|update"] = update
+        writer.write_kernels(open_step.step, arrays)
+    writer.meta["layers"] = layers
+    writer.end_step()

@@ -12,10 +12,11 @@ from typing import Any
 
 import torch
 
+from ..errors import MonitorError
 from . import native, stats
+from .distributed import is_sharded
 from .hooks import LiveState
 from .layers import LayerTable
-from .distributed import is_sharded
 from .recorder import OpenStep, apply_fused_updates
 from .reductions import local
 
@@ -131,3 +132,31 @@ class OptimizerSteps:
                 if name in names:
                     open_step.kernel_updates[layer] = self._copies[name].float().cpu().numpy().copy()
         open_step.awaiting_update = False
+
+
+def unwrap_optimizer(optimizer: Any) -> torch.optim.Optimizer:
+    """The torch optimizer inside a wrapper (accelerate's ``AcceleratedOptimizer``, Lightning's, ...).
+
+    A wrapper may subclass ``torch.optim.Optimizer`` without being initialised as one (accelerate's never calls
+    ``Optimizer.__init__``, so it has no step hooks): anything that holds an inner optimizer is unwrapped.
+    """
+    seen = 0
+    while seen < 8:
+        inner = getattr(optimizer, "optimizer", None) or getattr(optimizer, "_optimizer", None)
+        if inner is None or inner is optimizer:
+            break
+        optimizer, seen = inner, seen + 1
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise MonitorError(f"optimizer must be a torch.optim.Optimizer (or a wrapper with .optimizer), got "
+                           f"{type(optimizer).__name__}")
+    return optimizer
+
+
+def grads_already_unscaled(scaler: Any) -> bool:
+    """Whether ``scaler.unscale_(optimizer)`` already ran in this iteration (PyTorch tracks it per optimizer)."""
+    states = getattr(scaler, "_per_optimizer_states", None)
+    if not states:
+        return False
+    from torch.amp.grad_scaler import OptState
+
+    return any(s.get("stage") is OptState.UNSCALED for s in states.values())
