@@ -231,9 +231,12 @@ def _correlate_weight_unit_stride(
     positions. With stride one a window starts at every position ``r = n*Hp*Wp + i*Wp + j`` of the padded
     geometry, and tap ``(a, b)`` reads the input at ``r + a*d_h*Wp + b*d_w``: once ``dY`` is laid out in the
     same geometry (zeros where no window starts), each tap is one matrix product over all images and
-    positions together, ``dY (K, R) @ Xp[:, offset : offset + R]^T (R, C)``, of a slice of the padded
-    input, which is a view: no tap copies the input. The ``kW`` taps of a kernel row are slices a fixed
-    ``d_w`` apart, so one batched product per kernel row covers them (per tap and group with groups).
+    positions together, ``dY (K, R) @ Xp[:, offset : offset + R]^T (R, C)``, with a slice of the padded
+    input as its right factor. Without groups, the ``kW`` taps of a kernel row are stacked as rows of one
+    factor (``X3[(b, c), r] = Xp[c, r + b*d_w]``, the only copy, ``kW`` times the input) and the ``kH``
+    kernel rows are slices of it ``d_h*Wp`` apart, so a single batched product computes every tap: few,
+    long parallel regions, which keeps it fast when other processes share the cores. With groups, one
+    product per tap over the groups.
 
     Args:
         input_cn: ``(C, N, Hp, Wp)``, the padded input, channels first, contiguous.
@@ -249,9 +252,8 @@ def _correlate_weight_unit_stride(
     K, H_out, W_out = grad_output.shape[1:]
     (kh, kw), (dh, dw) = kernel_size, dilation
     G, Cg, Kg = groups, C // groups, K // groups
-    grad = grad_output.new_empty(K, Cg, kh, kw)  # (K, C/G, kH, kW)
     if N == 0 or H_out == 0 or W_out == 0:
-        return grad.zero_()
+        return grad_output.new_zeros(K, Cg, kh, kw)
     L = N * Hp * Wp
     R = L - (kh - 1) * dh * Wp - (kw - 1) * dw  # the last window starts at R - 1; the last tap ends at L
     x = input_cn.reshape(C, L)  # (C, L) a view of the contiguous input
@@ -260,14 +262,14 @@ def _correlate_weight_unit_stride(
         g = F.pad(g, (0, Wp - W_out, 0, Hp - H_out))  # (K, N, Hp, Wp) zeros where no window starts
     g = g.reshape(K, L)[:, :R]  # (K, R) copies only if no padding made a channels-first copy
     if G == 1:
-        for a in range(kh):
-            start = a * dh * Wp
-            taps = x[:, start : start + R + (kw - 1) * dw].unfold(1, R, dw)  # (C, kW, R) views dw apart
-            torch.bmm(
-                g.expand(kw, K, R), taps.permute(1, 2, 0), out=grad[:, :, a].permute(2, 0, 1)
-            )  # (kW, K, C) one product per tap of kernel row a
-        return grad
+        Lx = L - (kw - 1) * dw  # the positions a kernel row's first tap reads
+        x3 = x.unfold(1, Lx, dw).transpose(0, 1).reshape(kw * C, Lx)  # (kW*C, Lx) copies unless kW == 1
+        rows = x3.unfold(1, R, dh * Wp).permute(1, 2, 0)  # (kH, R, kW*C) a view, kernel rows d_h*Wp apart
+        taps = torch.bmm(g.expand(kh, K, R), rows)  # (kH, K, kW*C) every tap in one batched product
+        # A permuted view: a contiguous copy would be one more parallel pass for the same numbers.
+        return taps.view(kh, K, kw, C).permute(1, 3, 0, 2)  # (K, C, kH, kW)
     gg, xg = g.view(G, Kg, R), x.view(G, Cg, L)  # (G, K/G, R), (G, C/G, L)
+    grad = grad_output.new_empty(K, Cg, kh, kw)  # (K, C/G, kH, kW)
     grad_groups = grad.view(G, Kg, Cg, kh, kw)  # (G, K/G, C/G, kH, kW)
     for a in range(kh):
         for b in range(kw):
