@@ -27,8 +27,9 @@ import torch
 from torch import nn
 
 from ..errors import MonitorError, NonFiniteGradientError, StoreError
-from ..store import ColumnBuffer, RunStore, RunWriter, new_run_id
+from ..store import TABLES, ColumnBuffer, RunStore, RunWriter, new_run_id
 from . import native, stats
+from .blocks import BlockHooks, choose_blocks
 from .buffers import Kernels, StepBuffer
 from .distributed import check_sharding, sum_across_ranks, world_size
 from .hooks import Hooks, LiveState, compiled
@@ -103,7 +104,8 @@ class GradientMonitor:
                  kernels: Sequence[str] | str | None = None, kernel_every: int = 50,
                  kernel_max_mb: float = 256.0, meta: Mapping[str, Any] | None = None,
                  flush_every: int = 10, activations: bool = True, weight_norms: bool = True,
-                 distributed: bool | Any = False, fused: bool = True, eager_every: int = 10) -> None:
+                 distributed: bool | Any = False, fused: bool = True, eager_every: int = 10,
+                 blocks: Any = None) -> None:
         if not isinstance(model, nn.Module):
             raise MonitorError(f"GradientMonitor needs an nn.Module, got {type(model).__name__}")
         self.options = make_options(
@@ -111,7 +113,7 @@ class GradientMonitor:
             on_nonfinite=on_nonfinite, kernels=kernels, kernel_every=kernel_every, kernel_max_mb=kernel_max_mb,
             flush_every=flush_every, activations=activations,
             weight_norms=bool(weight_norms) or optimizer is not None, distributed=distributed, fused=fused,
-            eager_every=eager_every, meta=meta)
+            eager_every=eager_every, blocks=blocks, meta=meta)
         if store is not None and not isinstance(store, RunStore):
             if not isinstance(store, (str, os.PathLike)):
                 raise MonitorError(f"store must be a RunStore or a folder path, got {type(store).__name__}")
@@ -140,11 +142,14 @@ class GradientMonitor:
         self._live.arena_rows = max(256, 4 * len(self.table.rows))
         self._recorder: StepRecorder | None = None
         self._writer: RunWriter | None = None
-        self._memory: dict[str, ColumnBuffer] = {t: ColumnBuffer() for t in ("layers", "steps", "params", "hist")}
+        self._memory: dict[str, ColumnBuffer] = {t: ColumnBuffer() for t in TABLES}
         self._open: OpenStep | None = None
         self._warned_nonfinite = False
         self._updates: OptimizerSteps | None = None
         self.compiled = compiled(model)
+        self._blocks = None if blocks is None else BlockHooks(
+            choose_blocks([(n, r.module) for n, r in self.table.rows.items()], blocks), blocks == "same-shape",
+            self._live)
         self._eager: Any = None               # the force_eager stance of a compiled model's activation step
         self._recorded = 0                    # recorded steps so far
 
@@ -169,6 +174,8 @@ class GradientMonitor:
         check_sharding([p.tensor for p in self.table.params], self.options.distributed, self._group)
         try:
             self._hooks.attach(self.model, leaves=not self.compiled)
+            for handle in self._blocks.handles() if self._blocks is not None else ():
+                self._hooks.add(handle)
             self._fused = _fused_kernels() if self.options.fused else None
             self._recorder = StepRecorder(self.table, self.options, self._group, self._fused is not None,
                                           self._live.scratch)
@@ -275,6 +282,9 @@ class GradientMonitor:
             if self.compiled:                           # which steps have activation statistics
                 metrics = {**metrics, "activation_stats": float(eager)}
             self._record(step, buf, loss, metrics, previous)
+        elif self._blocks is not None:
+            self._blocks.take()
+            self._open = previous
         else:
             self._open = previous                       # FSDP2 shard updates wait for the next recorded step
         self._begin_eager_step()
@@ -322,7 +332,8 @@ class GradientMonitor:
         open_step = self._recorder.record(
             step, buf, loss, metrics, scale=scale, weight_scale=weight_scale, in_optimizer=in_optimizer,
             writer=self._writer, histogram=self._live.histogram_step(step),
-            awaiting_update=self.optimizer is not None, previous=previous)
+            awaiting_update=self.optimizer is not None, previous=previous,
+            blocks=None if self._blocks is None else (self._blocks.take(), self._blocks))
         if previous is not None:
             self._commit(previous)                      # its shard updates were combined with this step
         self._open = open_step
@@ -418,7 +429,8 @@ class GradientMonitor:
             reader = {"layers": lambda: self.store.frame(self.run_id, join_steps=False),
                       "steps": lambda: self.store.step_frame(self.run_id),
                       "params": lambda: self.store.param_frame(self.run_id),
-                      "hist": lambda: self.store.histogram_frame(self.run_id)}[table]
+                      "hist": lambda: self.store.histogram_frame(self.run_id),
+                      "blocks": lambda: self.store.block_frame(self.run_id)}[table]
             return reader()
         buffer = self._memory[table]
         if not len(buffer):
@@ -454,6 +466,11 @@ class GradientMonitor:
         """The recorded log10|g| histograms (see :data:`diagnostics.recording.stats.HIST_EDGES`)."""
         self._commit_if_finished()
         return self._collect("hist")
+
+    def block_frame(self) -> pd.DataFrame:
+        """Backward gain per (step, block), with ``blocks=`` (see :mod:`diagnostics.recording.blocks`)."""
+        self._commit_if_finished()
+        return self._collect("blocks")
 
     def _commit_if_finished(self) -> None:
         # A step still waiting for its optimizer update is included with update_ratio NaN only once the

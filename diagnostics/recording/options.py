@@ -37,6 +37,8 @@ class MonitorOptions:
     weight_norms: bool = True                       # ‖W‖ of every row (one more read of the weights)
     distributed: bool = False                       # combine activation statistics across ranks
     fused: bool = True                              # fused one-pass CPU kernels where they can be used
+    blocks: Any = None                              # backward gain per block: None (off), "auto", "same-shape",
+                                                    # or block names / patterns / module classes
     eager_every: int = 10                           # compiled models: activation statistics every this many
                                                     # recorded steps, run eagerly (the others stay compiled)
     meta: Mapping[str, Any] = field(default_factory=dict)   # extra JSON metadata of the run
@@ -55,7 +57,8 @@ def make_options(*, every: Any = 1, first_step: Any = 0, layers: Sequence[str] |
                  kernels: Sequence[str] | str | None = None, kernel_every: Any = 50,
                  kernel_max_mb: Any = 256.0, flush_every: Any = 10, activations: bool = True,
                  weight_norms: bool = True, distributed: Any = False, fused: bool = True,
-                 eager_every: Any = 10, meta: Mapping[str, Any] | None = None) -> MonitorOptions:
+                 eager_every: Any = 10, blocks: Any = None,
+                 meta: Mapping[str, Any] | None = None) -> MonitorOptions:
     """Check every option and return them as one :class:`MonitorOptions`; raises :class:`MonitorError`."""
     if on_nonfinite not in ("warn", "raise", "ignore"):
         raise MonitorError(f"on_nonfinite must be 'warn', 'raise' or 'ignore', got {on_nonfinite!r}")
@@ -86,7 +89,7 @@ def make_options(*, every: Any = 1, first_step: Any = 0, layers: Sequence[str] |
         kernel_every=_count("kernel_every", kernel_every, 1), kernel_max_mb=float(kernel_max_mb),
         flush_every=_count("flush_every", flush_every, 1), activations=bool(activations),
         weight_norms=bool(weight_norms), distributed=distributed is not False, fused=bool(fused),
-        eager_every=_count("eager_every", eager_every, 1), meta=dict(meta or {}),
+        eager_every=_count("eager_every", eager_every, 1), blocks=blocks, meta=dict(meta or {}),
     )
 
 

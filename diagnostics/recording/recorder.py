@@ -12,13 +12,14 @@ import numpy as np
 import torch
 
 from . import native, stats
+from .blocks import BlockHooks, BlockState
 from .buffers import Call, Scratch, StepBuffer, Transfer
 from .distributed import MAX, SUM, Exchange, mean_loss, world_size
 from .layers import LayerTable, rank_rows
 from .options import MonitorOptions
 from .reductions import ParamSums, queue_parameters
-from .rows import (Columns, GradSums, LayerRecord, ParamRecord, pool_activations, pool_output_grads, pooled,
-                   summed_histograms)
+from .rows import (Columns, GradSums, LayerRecord, ParamRecord, block_records, pool_activations, pool_output_grads,
+                   pooled, queue_blocks, summed_histograms)
 from .snapshots import KernelSnapshots
 
 
@@ -31,6 +32,7 @@ class OpenStep:
     params: Columns
     steps: dict[str, Any]
     hist: Columns | None
+    blocks: Columns | None
     norms: dict[str, float]                          # parameter -> ‖W‖ (NaN when not read)
     groups: dict[str, list[str]]                     # row label -> parameters of its weight group
     with_grad: set[str]                              # parameters that had a gradient
@@ -102,7 +104,8 @@ class StepRecorder:
 
     def record(self, step: int, buf: StepBuffer, loss: Any, metrics: Mapping[str, Any], *, scale: float,
                weight_scale: float, in_optimizer: set[int] | None, writer: Any, histogram: bool,
-               awaiting_update: bool, previous: OpenStep | None = None) -> OpenStep:
+               awaiting_update: bool, previous: OpenStep | None = None,
+               blocks: tuple[BlockState, BlockHooks] | None = None) -> OpenStep:
         """Pool, reduce and transfer one step; the rows wait in the returned :class:`OpenStep`.
 
         In distributed mode the ranks' numbers are combined here (and the shard updates of ``previous``, the
@@ -132,6 +135,7 @@ class StepRecorder:
         loss_off = transfer.add(loss.detach().float().reshape(1)) if isinstance(loss, torch.Tensor) else None
         metric_off = {k: transfer.add(v.detach().float().reshape(1)) for k, v in metrics.items()
                       if isinstance(v, torch.Tensor)}
+        block_off = queue_blocks(transfer, blocks[0]) if blocks is not None else None
 
         host = transfer.fetch()                                   # the one host transfer of this step
 
@@ -224,7 +228,11 @@ class StepRecorder:
                                            zeros=int(counts[n_bins]), nonfinite=int(counts[n_bins + 1]),
                                            log10_scale=math.log10(div) if div > 0 else 0.0))
 
-        open_step = OpenStep(step=step, layers=layers, params=params, steps=steps, hist=hist, norms=norms,
+        block_rows = None
+        if blocks is not None:
+            block_rows = block_records(step, block_off, host, blocks[1], self._block_depth(blocks[1]), scale)
+        open_step = OpenStep(step=step, layers=layers, params=params, steps=steps, hist=hist, blocks=block_rows,
+                             norms=norms,
                              groups=groups, with_grad=set(grad_sums), awaiting_update=awaiting_update,
                              nonfinite_forward=steps["nonfinite_forward_layer"] or None,
                              nonfinite_backward=steps["nonfinite_backward_layer"] or None)
@@ -297,6 +305,14 @@ class StepRecorder:
             previous.shard_updates = set()
         return mean_loss(float(result[at_loss]), world), new_acts, new_grads
 
+    def _block_depth(self, hooks: BlockHooks) -> dict[str, int]:
+        """Blocks ranked by the depth of their first layer row (the order they ran)."""
+        first = {}
+        for name, _ in hooks.blocks:
+            depths = [self.depth[leaf] for leaf in self.table.rows[name].leaves if leaf in self.depth]
+            first[name] = min(depths, default=1 << 30)
+        return {name: i for i, name in enumerate(sorted(first, key=lambda n: (first[n], n)))}
+
     def _parameter_sums(self, offsets: Mapping[str, ParamSums], host: np.ndarray, weight_scale: float,
                         nonfinite: Mapping[str, int]) -> tuple[dict[str, GradSums], dict[str, float]]:
         grads: dict[str, GradSums] = {}
@@ -344,7 +360,8 @@ def apply_fused_updates(open_step: OpenStep, pairs: list[tuple[str, torch.Tensor
 def write_step(open_step: OpenStep, run: str, writer: Any, memory: Mapping[str, Any], layers: int) -> None:
     """Append one recorded step's rows to the run's writer (or to the in-memory tables without a store)."""
     tables: dict[str, dict[str, list[Any]]] = {}
-    for key, columns in (("layers", open_step.layers), ("params", open_step.params), ("hist", open_step.hist)):
+    for key, columns in (("layers", open_step.layers), ("params", open_step.params), ("hist", open_step.hist),
+                         ("blocks", open_step.blocks)):
         if columns is not None and len(columns):
             tables[key] = {"run": [run] * len(columns), **columns.data}
     tables["steps"] = {"run": [run], **{k: [v] for k, v in open_step.steps.items()}}

@@ -152,3 +152,48 @@ class Columns:
 
     def __len__(self) -> int:
         return len(self.data[self.names[0]]) if self.data else 0
+
+
+@dataclass
+class BlockRecord:
+    """One row of the per-(step, block) table of backward gains; columns as in :data:`stats.BLOCK_COLUMNS`."""
+
+    step: int
+    block: str
+    type: str
+    depth: int
+    calls: int
+    residual: bool
+    in_grad_norm: float                # ‖∂L/∂x‖ (NaN when the block's input needed no gradient)
+    out_grad_norm: float               # ‖∂L/∂y‖
+    gain: float                        # ‖∂L/∂x‖ / ‖∂L/∂y‖
+    branch_share: float                # ‖∂L/∂x − g_skip‖ / ‖∂L/∂x‖ (residual blocks only)
+
+
+def queue_blocks(transfer: Any, state: Any) -> dict[str, list[tuple[int, int, int]]]:
+    """Queue every block call's squared norms; offsets (in, out, branch) per call, -1 where absent."""
+    def add(value: Any) -> int:
+        return -1 if value is None else transfer.add(value)
+    return {name: [(add(c.in_sq), add(c.out_sq), add(c.branch_sq)) for c in calls]
+            for name, calls in state.calls.items()}
+
+
+def block_records(step: int, offsets: dict[str, list[tuple[int, int, int]]], host: np.ndarray, hooks: Any,
+                  depth: dict[str, int], scale: float) -> Columns:
+    """Pool each block's calls (sums of squares added) into one row; norms unscaled by ``scale``."""
+    out = Columns(BlockRecord)
+    types = hooks.types()
+    for name in sorted(offsets, key=lambda n: depth.get(n, 1 << 30)):
+        calls = offsets[name]
+        ins = [host[i] for i, _, _ in calls if i >= 0]
+        outs = [host[o] for _, o, _ in calls if o >= 0]
+        branches = [host[b] for _, _, b in calls if b >= 0]
+        in_norm = stats.l2_norm(sum(ins)) / scale if ins else math.nan
+        out_norm = stats.l2_norm(sum(outs)) / scale if outs else math.nan
+        share = math.nan
+        if hooks.residual[name] and branches and len(branches) == len(ins):
+            share = stats.ratio(stats.l2_norm(sum(branches)) / scale, in_norm)
+        out.append(BlockRecord(step=step, block=name, type=types[name], depth=depth.get(name, -1),
+                               calls=len(calls), residual=hooks.residual[name], in_grad_norm=in_norm,
+                               out_grad_norm=out_norm, gain=stats.ratio(in_norm, out_norm), branch_share=share))
+    return out

@@ -42,6 +42,12 @@ PARAM_COLUMNS: tuple[str, ...] = (
     "grad_norm", "grad_mean_abs", "grad_max_abs", "norm", "update_ratio", "nonfinite", "in_optimizer",
 )
 
+#: Columns of the per-(step, block) table of backward gains (see diagnostics.recording.blocks).
+BLOCK_COLUMNS: tuple[str, ...] = (
+    "run", "step", "block", "type", "depth", "calls", "residual",
+    "in_grad_norm", "out_grad_norm", "gain", "branch_share",
+)
+
 #: Columns of the histogram table: ``counts`` holds one count per bin of :data:`HIST_EDGES`.
 HIST_COLUMNS: tuple[str, ...] = ("run", "step", "layer", "kind", "counts", "zeros", "nonfinite", "log10_scale")
 
@@ -62,6 +68,8 @@ STAT_LABELS: dict[str, str] = {
     "nonfinite": "count of NaN/Inf values",
     "loss": "loss",
     "grad_norm_total": "global gradient L2 norm",
+    "gain": "backward gain ‖∂L/∂x‖/‖∂L/∂y‖ of a block",
+    "branch_share": "share of ∂L/∂x through the residual branch",
 }
 
 #: Edges of the fixed log10|g| histogram bins: 0.5 decades wide from 1e-30 to 1e10. Values outside land in

@@ -40,7 +40,7 @@ from ..errors import StoreError
 #: (layer columns ``kind``, ``shared_with``, ``in_optimizer``; param column ``in_optimizer``). Readers accept
 #: every version up to this one; pages use the new columns only where a run has them.
 SCHEMA_VERSION = 2
-TABLES: tuple[str, ...] = ("layers", "steps", "params", "hist")
+TABLES: tuple[str, ...] = ("layers", "steps", "params", "hist", "blocks")
 META_FILE = "meta.json"
 ANNOTATIONS_FILE = "annotations.json"
 KERNELS_DIR = "kernels"

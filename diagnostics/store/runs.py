@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..errors import StoreError
-from ..recording.stats import HIST_COLUMNS, LAYER_COLUMNS, PARAM_COLUMNS, STEP_COLUMNS
+from ..recording.stats import BLOCK_COLUMNS, HIST_COLUMNS, LAYER_COLUMNS, PARAM_COLUMNS, STEP_COLUMNS
 from .layout import (ANNOTATIONS_FILE, KERNELS_DIR, META_FILE, RUN_ID_RE, SCHEMA_VERSION, TABLES, and_filters,
                      compact_table, new_run_id, pid_alive, read_table, snapshot_name, snapshot_step, steps_filter,
                      write_json_atomic)
@@ -184,7 +184,7 @@ class RunStore:
             raise StoreError(f"run {run_id}: the {table} table could not be read ({exc})") from exc
         if result is None:
             default = {"layers": LAYER_COLUMNS, "steps": STEP_COLUMNS, "params": PARAM_COLUMNS,
-                       "hist": HIST_COLUMNS}[table]
+                       "hist": HIST_COLUMNS, "blocks": BLOCK_COLUMNS}[table]
             return pd.DataFrame(columns=list(columns) if columns else list(default))
         return result.to_pandas()
 
@@ -259,6 +259,11 @@ class RunStore:
         if kind is not None:
             expr = and_filters(expr, pc.field("kind") == kind)
         return self._table(run_id, "hist", None, expr)
+
+    def block_frame(self, run_id: str, steps: Any = None) -> pd.DataFrame:
+        """Backward gain per (step, block), for runs recorded with ``blocks=`` (empty otherwise)."""
+        frame = self._table(run_id, "blocks", None, steps_filter(steps))
+        return frame.sort_values(["step", "depth"], kind="stable").reset_index(drop=True) if len(frame) else frame
 
     def kernel_steps(self, run_id: str) -> list[int]:
         """Steps that have a kernel snapshot."""
