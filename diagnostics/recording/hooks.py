@@ -71,6 +71,7 @@ class Hooks:
         self.live = live
         self._handles: list[Any] = []
         self._leaf_handles: list[Any] = []
+        self._stance: Any = None                       # force_eager stance of a compiled model's activation step
 
     def __len__(self) -> int:
         return len(self._handles) + len(self._leaf_handles)
@@ -107,8 +108,25 @@ class Hooks:
         for handle in handles:
             handle.remove()
 
+    def begin_eager(self) -> None:
+        """Run the next step of a compiled model eagerly, its leaves hooked (the compiled steps carry no hook:
+        nothing for Dynamo to trace, no graph break, no recompile)."""
+        if self._stance is None:
+            self._stance = torch.compiler.set_stance("force_eager")      # set now; restored by __exit__
+            self.attach_leaves()
+
+    def end_eager(self) -> bool:
+        """Leave the eager step (unhook the leaves, restore the stance); whether the step was one."""
+        if self._stance is None:
+            return False
+        self.remove_leaves()
+        stance, self._stance = self._stance, None
+        stance.__exit__(None, None, None)
+        return True
+
     def remove(self) -> None:
         """Remove every handle (idempotent)."""
+        self.end_eager()
         self.remove_leaves()
         handles, self._handles = self._handles, []
         for handle in handles:

@@ -28,13 +28,13 @@ from torch import nn
 
 from ..errors import MonitorError, NonFiniteGradientError, StoreError
 from ..store import TABLES, ColumnBuffer, RunStore, RunWriter, new_run_id
-from . import native, stats
+from . import native
 from .blocks import BlockHooks, choose_blocks
 from .buffers import Kernels, StepBuffer
 from .distributed import check_sharding, sum_across_ranks, world_size
 from .hooks import Hooks, LiveState, compiled
 from .layers import LayerTable
-from .options import RESERVED_METRICS, check_scalar, make_options
+from .options import RESERVED_METRICS, check_scalar, make_options, run_meta
 from .recorder import OpenStep, StepRecorder, update_ratios, write_step
 from .updates import OptimizerSteps, grads_already_unscaled, unwrap_optimizer
 
@@ -150,7 +150,6 @@ class GradientMonitor:
         self._blocks = None if blocks is None else BlockHooks(
             choose_blocks([(n, r.module) for n, r in self.table.rows.items()], blocks), blocks == "same-shape",
             self._live)
-        self._eager: Any = None               # the force_eager stance of a compiled model's activation step
         self._recorded = 0                    # recorded steps so far
 
     # -- lifecycle -----------------------------------------------------------------------------------------
@@ -202,18 +201,7 @@ class GradientMonitor:
         if self.store is None:
             self.run_id = new_run_id(self.run_name)
             return
-        params = list(self.model.parameters())
-        n_params = sum(p.numel() for p in params)
-        opts = self.options
-        meta = {
-            "model": self.table.root_type, "parameters": int(n_params), "layers": 0, "every": opts.every,
-            "activations": opts.activations, "weight_norms": opts.weight_norms,
-            "reductions": "fused" if self._fused else "pytorch", "histogram_every": opts.histogram_every,
-            "hist_edges": stats.HIST_EDGES.tolist(), "torch": torch.__version__,
-            "device": str(params[0].device) if params else "cpu", "rows": "leaf+owner",
-            "compiled": self.compiled, "eager_every": opts.eager_every if self.compiled else None,
-            **opts.meta,
-        }
+        meta = run_meta(self.model, self.table.root_type, self.options, self._fused is not None, self.compiled)
         self._writer = self.store.create_run(self.run_name, meta, flush_every=opts.flush_every)
         self.run_id = self._writer.run_id
 
@@ -290,26 +278,17 @@ class GradientMonitor:
         self._begin_eager_step()
 
     def _begin_eager_step(self) -> None:
-        """On a compiled model, run the next step eagerly with the leaves hooked when it is an activation step.
-
-        The compiled steps carry no hook (nothing for Dynamo to trace, no graph break, no recompile); every
-        ``eager_every``-th recorded step runs under ``torch.compiler.set_stance("force_eager")`` instead.
-        """
+        """On a compiled model, run the next step eagerly with the leaves hooked when it is an activation step."""
         opts = self.options
-        if not (self.compiled and opts.activations and self._live.enabled and self._live.recording):
-            return
-        if self._recorded % opts.eager_every == 0 and self._eager is None:
-            self._eager = torch.compiler.set_stance("force_eager")     # set now; restored by __exit__
-            self._hooks.attach_leaves()
+        if self.compiled and opts.activations and self._live.enabled and self._live.recording \
+                and self._recorded % opts.eager_every == 0:
+            self._hooks.begin_eager()
 
     def _end_eager_step(self) -> bool:
-        """Leave the eager step (restore the stance, unhook the leaves); whether the step was one."""
-        if self._eager is None:
-            return not self.compiled and self.options.activations
-        self._hooks.remove_leaves()
-        stance, self._eager = self._eager, None
-        stance.__exit__(None, None, None)
-        return True
+        """Leave a compiled model's eager step; whether the step had activation hooks."""
+        if self.compiled:
+            return self._hooks.end_eager()
+        return self.options.activations
 
     def _check_backward(self) -> None:
         if self._live.backwards != self._live.backwards_at_step:

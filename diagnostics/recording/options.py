@@ -101,3 +101,20 @@ def check_scalar(name: str, value: Any) -> None:
         return
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise MonitorError(f"step(): {name} must be a number or a 1-element tensor, got {value!r}")
+
+
+def run_meta(model: nn.Module, model_type: str, options: MonitorOptions, fused: bool, compiled: bool) -> dict:
+    """The run's metadata: what was recorded, how, on what."""
+    from . import stats
+
+    params = list(model.parameters())
+    return {
+        "model": model_type, "parameters": int(sum(p.numel() for p in params)), "layers": 0,
+        "every": options.every, "activations": options.activations, "weight_norms": options.weight_norms,
+        "reductions": "fused" if fused else "pytorch", "histogram_every": options.histogram_every,
+        "hist_edges": stats.HIST_EDGES.tolist(), "torch": torch.__version__,
+        "device": str(params[0].device) if params else "cpu", "rows": "leaf+owner",
+        "compiled": compiled, "eager_every": options.eager_every if compiled else None,
+        "blocks": None if options.blocks is None else str(options.blocks),
+        **options.meta,
+    }
