@@ -202,7 +202,7 @@ class GradientMonitor:
             self.run_id = new_run_id(self.run_name)
             return
         meta = run_meta(self.model, self.table.root_type, self.options, self._fused is not None, self.compiled)
-        self._writer = self.store.create_run(self.run_name, meta, flush_every=opts.flush_every)
+        self._writer = self.store.create_run(self.run_name, meta, flush_every=self.options.flush_every)
         self.run_id = self._writer.run_id
 
     def detach(self, status: str = "finished", error: str | None = None) -> None:
