@@ -22,7 +22,17 @@ VARIANTS: dict[str, tuple[bool, bool]] = {
 }
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}
-INITS: tuple[str, ...] = ("default", "he", "xavier")
+#: Weight initialisations, as the literature defines them (biases start at zero except under ``default``).
+INITS: dict[str, str] = {
+    "default": "PyTorch's own: uniform with variance 1/(3·fan_in) (kaiming_uniform_ with a=√5), bias uniform.",
+    "he": "He et al. 2015 (Kaiming, fan-in): normal with variance gain²/fan_in, gain √2 for ReLU; keeps the "
+          "forward and backward signal at constant scale through ReLU layers.",
+    "xavier": "Glorot & Bengio 2010 (Xavier): uniform with variance 2/(fan_in + fan_out), gain 1 as published "
+              "and as PyTorch's xavier_uniform_; made for symmetric activations, so with ReLU each layer halves "
+              "the signal's variance.",
+    "orthogonal": "Saxe et al. 2014: a (semi-)orthogonal weight matrix (rows of the flattened kernel) times the "
+                  "activation's gain (√2 for ReLU); preserves norms exactly for linear layers.",
+}
 MIN_DEPTH, MAX_DEPTH = 2, 100
 
 #: Marks a checkpoint written by :func:`save_checkpoint` (and its layout version).
@@ -44,7 +54,7 @@ class CNNConfig:
     residual: bool = False       # add each block's input to its output (not the stem)
     batchnorm: bool = False      # batch norm after every conv
     activation: str = "relu"     # relu | tanh | sigmoid
-    init: str = "default"        # default (PyTorch's) | he | xavier
+    init: str = "default"        # default (PyTorch's) | he | xavier | orthogonal (see INITS)
     dims: int = 2                # 2: images (N, C, H, W) with Conv2d; 1: signals (N, C, L) with Conv1d
     in_channels: int = 1         # channels of the input
     num_classes: int = 10        # outputs of the linear head
@@ -178,9 +188,11 @@ def _init_layer(layer: nn.Module, init: str, activation: str, gen: torch.Generat
                 nn.init.uniform_(bias, -bound, bound, generator=gen)
             return
         if init == "he":
-            nn.init.kaiming_normal_(weight, nonlinearity=activation, generator=gen)
+            nn.init.kaiming_normal_(weight, nonlinearity=activation, generator=gen)    # Var = gain² / fan_in
+        elif init == "xavier":
+            nn.init.xavier_uniform_(weight, gain=1.0, generator=gen)    # Var = 2 / (fan_in + fan_out), as published
         else:
-            nn.init.xavier_uniform_(weight, gain=nn.init.calculate_gain(activation), generator=gen)
+            nn.init.orthogonal_(weight, gain=nn.init.calculate_gain(activation), generator=gen)
         if bias is not None:
             nn.init.zeros_(bias)
 

@@ -106,9 +106,11 @@ def test_default_init_is_pytorchs_own():
 @pytest.mark.parametrize("init,activation,expected_std", [
     ("he", "relu", math.sqrt(2.0 / (64 * 9))),
     ("he", "tanh", 5 / 3 / math.sqrt(64 * 9)),
-    ("xavier", "relu", math.sqrt(2.0) * math.sqrt(2.0 / (64 * 9 + 64 * 9))),
+    ("xavier", "relu", math.sqrt(2.0 / (64 * 9 + 64 * 9))),             # gain 1 whatever the activation
+    ("xavier", "tanh", math.sqrt(2.0 / (64 * 9 + 64 * 9))),
+    ("orthogonal", "relu", math.sqrt(2.0) / math.sqrt(64 * 9)),          # unit rows of 576 entries, times √2
     ("default", "relu", 1.0 / math.sqrt(3 * 64 * 9)),
-], ids=["he-relu", "he-tanh", "xavier-relu", "default"])
+], ids=["he-relu", "he-tanh", "xavier-relu", "xavier-tanh", "orthogonal-relu", "default"])
 def test_init_scales(init, activation, expected_std):
     conv = nn.Conv2d(64, 64, 3)
     _init_layer(conv, init, activation, torch.Generator().manual_seed(0))
@@ -139,7 +141,7 @@ def test_another_seed_gives_other_weights_and_the_global_rng_is_untouched():
     ("depth", 1, "depth must be an integer from 2 to 100"),
     ("depth", 101, "depth must be an integer from 2 to 100"),
     ("activation", "gelu", "activation must be one of"),
-    ("init", "orthogonal", "init must be one of"),
+    ("init", "lecun", "init must be one of"),
     ("dims", 3, "dims must be 1"),
     ("num_classes", 1, "num_classes must be at least 2"),
     ("kernel_size", 4, "kernel_size must be a positive odd integer"),
