@@ -1,15 +1,21 @@
-"""Overhead of GradientMonitor on a torchvision resnet18 SGD step (CPU), measured side by side.
+"""Overhead of GradientMonitor on a training step (CPU), measured side by side against an un-monitored twin.
 
 Each configuration is timed in alternation with the un-monitored baseline: one block of steps with the monitor,
 one without, repeated; the printed ratio is the median of the per-pair ratios, with the spread (min-max).
 
-Configurations: all statistics (every step, ``every=10``, and with PyTorch reductions only, ``fused=False``, for
-comparison with the default fused one-pass kernels of ``diagnostics.native``); the weight-gradient statistics
-alone (``activations=False, weight_norms=False``); weight gradients and weight norms (``activations=False``).
-The main ones also with ``optimizer=`` (update ratios: a copy of the weights before each recorded optimizer step;
-the optimizer keeps weight norms on, since the ratio divides by them).
+Workloads and configurations:
 
-Run: .venv/bin/python benchmarks/monitor_overhead.py [--pairs 7] [--block 10] [--only "weight"]
+* resnet18 (batch 16, 3x64x64, SGD): all statistics (every step, ``every=10``, and with PyTorch reductions only,
+  ``fused=False``, for comparison with the fused C++ reductions of ``diagnostics.recording.native``); the
+  weight-gradient statistics alone (``activations=False, weight_norms=False``); weight gradients and weight
+  norms (``activations=False``). The main ones also with ``optimizer=`` (update ratios: a copy of the weights
+  before each recorded optimizer step).
+* the project's depth-20 residual CNN with batch norm (batch 64 of 1x8x8, 62 hooked layers): a small model,
+  where the per-layer cost of the hooks weighs most.
+* resnet18 compiled with Inductor (``torch.compile``), against the compiled twin: weight statistics (the
+  compiled steps carry no hook) and all statistics (every ``eager_every``-th recorded step runs eagerly).
+
+Run: .venv/bin/python benchmarks/monitor_overhead.py [--pairs 7] [--block 10] [--only "cnn"]
 """
 
 from __future__ import annotations
@@ -28,19 +34,37 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import diagnostics as dx  # noqa: E402
 from diagnostics.recording import native  # noqa: E402
 
-TARGETS = {"all statistics, every step": 1.20, "all statistics, every step, optimizer=": None,
-           "all statistics, every step, fused=False": None, "weight-gradient statistics, optimizer=": None,
-           "all statistics, every=10, optimizer=": None,
-           "weight-gradient statistics alone": 1.10, "weight gradients and weight norms": None,
-           "all statistics, every=10": 1.05}
+#: configuration name -> (workload, monitor options, target ratio or None)
+CONFIGS = {
+    "all statistics, every step": ("resnet18", {}, 1.20),
+    "all statistics, every step, optimizer=": ("resnet18", {"with_optimizer": True}, None),
+    "all statistics, every step, fused=False": ("resnet18", {"fused": False}, None),
+    "weight-gradient statistics alone": ("resnet18", {"activations": False, "weight_norms": False}, 1.10),
+    "weight-gradient statistics, optimizer=": ("resnet18", {"activations": False, "weight_norms": False,
+                                                            "with_optimizer": True}, None),
+    "weight gradients and weight norms": ("resnet18", {"activations": False}, None),
+    "all statistics, every=10": ("resnet18", {"every": 10}, 1.05),
+    "all statistics, every=10, optimizer=": ("resnet18", {"every": 10, "with_optimizer": True}, None),
+    "depth-20 cnn: all statistics, every step": ("cnn20", {}, 1.15),
+    "depth-20 cnn: all statistics, fused=False": ("cnn20", {"fused": False}, None),
+    "compiled resnet18: weight statistics": ("compiled", {"activations": False, "weight_norms": False}, 1.10),
+    "compiled resnet18: all statistics, eager_every=10": ("compiled", {}, 1.25),
+}
 
 
-def make(seed: int = 0):
+def make(workload: str, seed: int = 0):
+    """(model to train, optimizer, x, y) of a workload; the model is compiled for "compiled"."""
     torch.manual_seed(seed)
-    model = torchvision.models.resnet18(num_classes=10)
+    if workload == "cnn20":
+        model = dx.build_cnn(dx.variant_config("residual+batchnorm", depth=20, width=16, in_channels=1),
+                             seed=seed)
+        x, y = torch.randn(64, 1, 8, 8), torch.randint(0, 10, (64,))
+    else:
+        model = torchvision.models.resnet18(num_classes=10)
+        x, y = torch.randn(16, 3, 64, 64), torch.randint(0, 10, (16,))
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    x = torch.randn(16, 3, 64, 64)
-    y = torch.randint(0, 10, (16,))
+    if workload == "compiled":
+        model = torch.compile(model)
     return model, opt, x, y
 
 
@@ -56,16 +80,21 @@ def train_block(model, opt, x, y, steps: int, mon=None) -> float:
     return time.perf_counter() - start
 
 
-def measure(name: str, options: dict, pairs: int, block: int, store: dx.RunStore, baseline) -> None:
+def measure(name: str, workload: str, options: dict, target: float | None, pairs: int, block: int,
+            store: dx.RunStore, baselines: dict) -> None:
     """Alternate blocks of monitored steps with blocks of the same steps on an un-hooked twin model."""
-    model, opt, x, y = make()
-    base_model, base_opt = baseline
-    train_block(model, opt, x, y, 3)                          # warm-up
+    model, opt, x, y = make(workload)
+    if workload not in baselines:
+        base = make(workload, seed=1)
+        train_block(*base, 3)                               # warm-up (and compile)
+        baselines[workload] = base
+    base_model, base_opt, _, _ = baselines[workload]
+    train_block(model, opt, x, y, 3)                        # warm-up (and compile)
     options = dict(options)
     if options.pop("with_optimizer", False):
         options["optimizer"] = opt
     ratios, monitored, own = [], [], []
-    with dx.GradientMonitor(model, store=store, run_name=f"bench-{name}", **options) as mon:
+    with dx.GradientMonitor(model, store=store, run_name=f"bench-{workload}", **options) as mon:
         train_block(model, opt, x, y, 2, mon)
         for _ in range(pairs):
             t_mon = train_block(model, opt, x, y, block, mon)
@@ -74,9 +103,8 @@ def measure(name: str, options: dict, pairs: int, block: int, store: dx.RunStore
             monitored.append(t_mon / block)
             own.append((t_mon - t_base) / block)
     med = statistics.median(ratios)
-    target = TARGETS.get(name)
     verdict = "" if target is None else f"  target <= {target:.2f}: {'met' if med <= target else 'NOT met'}"
-    print(f"{name:42s} ratio {med:5.3f}  (spread {min(ratios):.3f}-{max(ratios):.3f}; "
+    print(f"{name:50s} ratio {med:5.3f}  (spread {min(ratios):.3f}-{max(ratios):.3f}; "
           f"{statistics.median(monitored) * 1e3:6.1f} ms/step monitored, monitor's own time "
           f"{statistics.median(own) * 1e3:5.1f} ms/step){verdict}", flush=True)
 
@@ -87,23 +115,10 @@ if __name__ == "__main__":
     parser.add_argument("--block", type=int, default=10)
     parser.add_argument("--only", default="", help="run only the configurations whose name contains this text")
     args = parser.parse_args()
-    baseline = make(seed=1)[:2]
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, resnet18, batch 16, 3x64x64, SGD; "
-          f"reductions: {native.status()}")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; reductions: {native.status()}")
+    baselines: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
         store = dx.RunStore(Path(tmp) / "runs")
-        configs = {
-            "all statistics, every step": {},
-            "all statistics, every step, optimizer=": {"with_optimizer": True},
-            "all statistics, every step, fused=False": {"fused": False},
-            "weight-gradient statistics alone": {"activations": False, "weight_norms": False},
-            "weight-gradient statistics, optimizer=": {"activations": False, "weight_norms": False,
-                                                       "with_optimizer": True},
-            "weight gradients and weight norms": {"activations": False},
-            "all statistics, every=10": {"every": 10},
-            "all statistics, every=10, optimizer=": {"every": 10, "with_optimizer": True},
-        }
-        for name, options in configs.items():
-            if args.only not in name:
-                continue
-            measure(name, options, args.pairs, args.block, store, baseline)
+        for name, (workload, options, target) in CONFIGS.items():
+            if args.only in name:
+                measure(name, workload, options, target, args.pairs, args.block, store, baselines)
