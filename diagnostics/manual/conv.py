@@ -246,7 +246,7 @@ def _correlate_weight_unit_stride(
         groups: ``G``; ``C`` and ``K`` are multiples of it.
 
     Returns:
-        ``(K, C/G, kH, kW)``.
+        ``(K, C/G, kH, kW)``, without groups a permuted view of the ``(kH, K, kW, C)`` product.
     """
     C, N, Hp, Wp = input_cn.shape
     K, H_out, W_out = grad_output.shape[1:]
@@ -359,7 +359,8 @@ def conv2d_grad_weight(
         padding_mode: As for ``nn.Conv2d``.
 
     Returns:
-        ``(C_out, C_in/G, kH, kW)``.
+        ``(C_out, C_in/G, kH, kW)``; with stride one and no groups a permuted, non-contiguous view (call
+        ``.contiguous()`` before ``.view``).
     """
     _check_padding_mode(padding_mode)
     kh, kw = weight_size[-2:]
