@@ -142,7 +142,7 @@ class GradientMonitor:
         self._live.arena_rows = max(256, 4 * len(self.table.rows))
         self._recorder: StepRecorder | None = None
         self._writer: RunWriter | None = None
-        self._memory: dict[str, ColumnBuffer] = {t: ColumnBuffer() for t in TABLES}
+        self._memory: dict[str, ColumnBuffer] | None = {t: ColumnBuffer() for t in TABLES}
         self._open: OpenStep | None = None
         self._warned_nonfinite = False
         self._updates: OptimizerSteps | None = None
@@ -186,6 +186,9 @@ class GradientMonitor:
             self._live.kernels = self._fused
             self._live.fresh_buffer()
             self._open_run()
+            if self.store is None and self.options.distributed and world_size(self._group) > 1 \
+                    and torch.distributed.get_rank(self._group) != 0:
+                self._memory = None                     # rank 0 keeps the run; the others would only grow
         except BaseException as exc:
             self._remove_hooks()
             self._writer = self._updates = None
@@ -411,6 +414,10 @@ class GradientMonitor:
                       "hist": lambda: self.store.histogram_frame(self.run_id),
                       "blocks": lambda: self.store.block_frame(self.run_id)}[table]
             return reader()
+        if self._memory is None:
+            warnings.warn("this rank keeps no rows (distributed, no store); read the run on rank 0 or from its "
+                          "store", RuntimeWarning, stacklevel=3)
+            return pd.DataFrame()
         buffer = self._memory[table]
         if not len(buffer):
             return pd.DataFrame()

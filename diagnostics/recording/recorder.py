@@ -357,7 +357,7 @@ def apply_fused_updates(open_step: OpenStep, pairs: list[tuple[str, torch.Tensor
         open_step.updates.update(zip([n for n, _, _ in items], squares))
 
 
-def write_step(open_step: OpenStep, run: str, writer: Any, memory: Mapping[str, Any], layers: int) -> None:
+def write_step(open_step: OpenStep, run: str, writer: Any, memory: Mapping[str, Any] | None, layers: int) -> None:
     """Append one recorded step's rows to the run's writer (or to the in-memory tables without a store)."""
     tables: dict[str, dict[str, list[Any]]] = {}
     for key, columns in (("layers", open_step.layers), ("params", open_step.params), ("hist", open_step.hist),
@@ -366,7 +366,7 @@ def write_step(open_step: OpenStep, run: str, writer: Any, memory: Mapping[str, 
             tables[key] = {"run": [run] * len(columns), **columns.data}
     tables["steps"] = {"run": [run], **{k: [v] for k, v in open_step.steps.items()}}
     if writer is None:
-        for key, columns in tables.items():
+        for key, columns in tables.items() if memory is not None else ():
             memory[key].extend(columns)
         return
     for key, columns in tables.items():
