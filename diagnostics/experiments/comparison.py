@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pandas as pd
 
@@ -25,7 +25,7 @@ def comparisons(store: RunStore) -> pd.DataFrame:
         meta = store.meta(run)
         if meta.get("kind") != "comparison" or not meta.get("group"):
             continue
-        rows.append({"group": meta["group"], "run": run, "variant": meta.get("variant", ""),
+        rows.append({"group": meta["group"], "run": run, "variant": meta.get("series") or meta.get("variant", ""),
                      "created": meta.get("created", 0.0), "status": meta.get("status", ""),
                      "depth": (meta.get("config") or {}).get("depth"),
                      "dataset": (meta.get("dataset") or {}).get("name", ""),
@@ -35,12 +35,17 @@ def comparisons(store: RunStore) -> pd.DataFrame:
         return pd.DataFrame(columns=columns)
     frame = pd.DataFrame(rows)
     grouped = frame.groupby("group", sort=False).agg(
-        created=("created", "min"), variants=("variant", lambda v: ", ".join(v)), runs=("run", "count"),
-        depth=("depth", "first"), dataset=("dataset", "first"), steps=("steps", "first"),
+        created=("created", "min"), variants=("variant", lambda v: ", ".join(dict.fromkeys(v))),
+        runs=("run", "count"), depth=("depth", _depths), dataset=("dataset", "first"), steps=("steps", "first"),
         status=("status", lambda s: "finished" if (s == "finished").all() else ", ".join(sorted(set(s)))),
     ).reset_index()
     grouped["created"] = pd.to_datetime(grouped["created"], unit="s", utc=True)
     return grouped.sort_values("created", ascending=False, kind="stable").reset_index(drop=True)[columns]
+
+
+def _depths(depths: pd.Series) -> str:
+    """The depths of a comparison's runs: ``"20"``, or ``"5, 10, 20"`` for a depth sweep."""
+    return ", ".join(str(d) for d in sorted(set(depths.dropna().astype(int))))
 
 
 def comparison_runs(store: RunStore, group: str) -> dict[str, str]:
@@ -67,17 +72,20 @@ class ComparisonData:
         layers: One row per (variant, step, conv layer): ``conv_index`` (1 = first conv in execution order),
             weight_grad_norm, act_grad_norm, update_ratio.
         meta: ``{variant: run metadata}``.
+        blocks: One row per (variant, step, block): the backward gain table (``RunStore.block_frame``); empty
+            for runs recorded without ``blocks=`` (older comparisons).
     """
 
     runs: dict[str, str]
     steps: pd.DataFrame
     layers: pd.DataFrame
     meta: dict[str, dict]
+    blocks: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 def load_comparison(store: RunStore, runs: Mapping[str, str]) -> ComparisonData:
     """Read the runs of a comparison (``{variant: run_id}``, e.g. from :func:`comparison_runs`)."""
-    steps, layers, metas = [], [], {}
+    steps, layers, blocks, metas = [], [], [], {}
     for variant, run in runs.items():
         metas[variant] = store.meta(run)
         s = store.step_frame(run)
@@ -90,5 +98,10 @@ def load_comparison(store: RunStore, runs: Mapping[str, str]) -> ComparisonData:
         f["conv_index"] = f["depth"].map(rank).astype(int)
         f.insert(0, "variant", variant)
         layers.append(f)
+        b = store.block_frame(run)
+        if not b.empty:
+            b.insert(0, "variant", variant)
+            blocks.append(b)
     return ComparisonData(dict(runs), pd.concat(steps, ignore_index=True) if steps else pd.DataFrame(),
-                          pd.concat(layers, ignore_index=True) if layers else pd.DataFrame(), metas)
+                          pd.concat(layers, ignore_index=True) if layers else pd.DataFrame(), metas,
+                          pd.concat(blocks, ignore_index=True) if blocks else pd.DataFrame())

@@ -172,35 +172,67 @@ def in_torchrun() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1 and "RANK" in os.environ
 
 
-def prepare(variants: Sequence[str] = DEFAULT_VARIANTS, depth: int = 20, steps: int = 300,
+def run_labels(variants: Sequence[str] | Mapping[str, Mapping[str, Any]],
+               depth: int | Sequence[int]) -> dict[str, tuple[str, dict[str, Any], int, Any]]:
+    """Every run of a comparison: ``{label: (variant, overrides, depth, key)}``, in order.
+
+    ``variants`` is a list of standard variant names, or ``{label: {"variant": name, **CNNConfig overrides}}``
+    (e.g. ``{"xavier": {"variant": "plain", "init": "xavier"}}``) to compare other settings than the
+    residual/batch-norm switches. With one ``depth`` the key of a run is its label; with a list of depths
+    each label runs at each depth, labelled ``"<label> d<depth>"`` and keyed ``(label, depth)``.
+    """
+    if isinstance(variants, Mapping):
+        named = {str(k): dict(v) for k, v in variants.items()}
+    else:
+        names = list(variants)
+        if len(set(names)) != len(names):
+            raise TrainingError(f"each variant may appear once; got {names}")
+        named = {v: {"variant": v} for v in names}
+    if not named:
+        raise TrainingError("choose at least one variant")
+    unknown = sorted({str(o.get("variant")) for o in named.values()} - set(VARIANTS))
+    if unknown:
+        raise TrainingError(f"unknown variant(s) {unknown}; choose from {list(VARIANTS)}")
+    swept = not isinstance(depth, int)
+    depths = list(depth) if swept else [depth]
+    if not depths or not all(isinstance(d, int) and not isinstance(d, bool) for d in depths) \
+            or len(set(depths)) != len(depths):
+        raise TrainingError(f"depth must be an integer or a list of distinct integers, got {depth!r}")
+    runs = {}
+    for label, options in named.items():
+        overrides = {k: v for k, v in options.items() if k != "variant"}
+        for d in depths:
+            runs[f"{label} d{d}" if swept else label] = (options["variant"], overrides, d,
+                                                        (label, d) if swept else label)
+    return runs
+
+
+def prepare(variants: Sequence[str] | Mapping[str, Mapping[str, Any]] = DEFAULT_VARIANTS,
+            depth: int | Sequence[int] = 20, steps: int = 300,
             dataset: str | DataSplit = "digits", seed: int = 0, store: RunStore | str | os.PathLike[str] | None = None,
             *, width: int = 16, activation: str = "relu", init: str = "default", lr: float = 0.01,
             optimizer: str = "sgd", momentum: float = 0.9, batch_size: int = 64, eval_every: int = 25,
             data_root: str | os.PathLike[str] | None = None, download: bool = False,
             data_options: Mapping[str, Any] | None = None, device: str | None = "cpu", kernels: Any = "auto",
-            group: str | None = None) -> Job:
+            blocks: Any = "auto", group: str | None = None) -> Job:
     """Validate every setting and load the data (in this process, so errors come before any training)."""
-    variants = list(variants)
-    if not variants:
-        raise TrainingError("choose at least one variant")
-    unknown = [v for v in variants if v not in VARIANTS]
-    if unknown:
-        raise TrainingError(f"unknown variant(s) {unknown}; choose from {list(VARIANTS)}")
-    if len(set(variants)) != len(variants):
-        raise TrainingError(f"each variant may appear once; got {variants}")
+    runs = run_labels(variants, depth)
     train = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, optimizer=optimizer, momentum=momentum,
                         eval_every=eval_every)
     data = dataset if isinstance(dataset, DataSplit) else load_dataset(
         dataset, root=data_root, seed=seed, download=download, **dict(data_options or {}))
-    configs = {v: variant_config(v, depth=depth, width=width, activation=activation, init=init, dims=data.dims,
-                                 in_channels=data.in_channels, num_classes=data.num_classes,
-                                 input_size=data.input_size, pool_size=min(4, data.input_size))
-               for v in variants}
+    shared = {"width": width, "activation": activation, "init": init}
+    configs = {label: variant_config(variant, **{**shared, **overrides, "depth": d, "dims": data.dims,
+                                                 "in_channels": data.in_channels, "num_classes": data.num_classes,
+                                                 "input_size": data.input_size, "pool_size": min(4, data.input_size)})
+               for label, (variant, overrides, d, _) in runs.items()}
     root = store.root if isinstance(store, RunStore) else (store if store is not None else "runs")
-    return Job(configs, train, data, int(seed), os.fspath(root), group or new_group_id(), device, kernels)
+    return Job(configs, train, data, int(seed), os.fspath(root), group or new_group_id(), device, kernels,
+               keys={label: key for label, (*_, key) in runs.items()}, blocks=blocks)
 
 
-def compare(variants: Sequence[str] = DEFAULT_VARIANTS, depth: int = 20, steps: int = 300,
+def compare(variants: Sequence[str] | Mapping[str, Mapping[str, Any]] = DEFAULT_VARIANTS,
+            depth: int | Sequence[int] = 20, steps: int = 300,
             dataset: str | DataSplit = "digits", seed: int = 0, store: RunStore | str | os.PathLike[str] | None = None,
             *, nproc: int = 1, workers: int | str = "auto", progress: ProgressCallback | None = None,
             **options: Any) -> dict[str, str]:
@@ -219,9 +251,17 @@ def compare(variants: Sequence[str] = DEFAULT_VARIANTS, depth: int = 20, steps: 
         runs = dx.compare(variants=["plain", "batchnorm", "residual", "residual+batchnorm"], depth=20,
                           steps=300, dataset="digits", seed=0, store=dx.RunStore("runs"))
 
+    A list of depths is a depth sweep: every variant at every depth, all runs in parallel as above, keyed
+    ``(variant, depth)``::
+
+        runs = dx.compare(variants=["plain", "residual"], depth=[5, 10, 20, 40], steps=300)
+        runs[("plain", 40)]                                       # -> run id
+
     Args:
-        variants: Names from :data:`diagnostics.experiments.models.VARIANTS`.
-        depth: Conv layers per network (2–100).
+        variants: Names from :data:`diagnostics.experiments.models.VARIANTS`, or ``{label: {"variant": name,
+            **CNNConfig overrides}}`` to compare other settings (e.g. ``init`` or ``activation``, as the
+            presets of :mod:`diagnostics.experiments.presets` do).
+        depth: Conv layers per network (2–100), or a list of depths (a sweep).
         steps: Optimiser steps per variant.
         dataset: A name from :data:`diagnostics.experiments.data.DATASETS` or a loaded :class:`~diagnostics.experiments.data.DataSplit`.
         seed: Seed of the split, the data order and the initial weights.
@@ -236,13 +276,16 @@ def compare(variants: Sequence[str] = DEFAULT_VARIANTS, depth: int = 20, steps: 
         progress: Called with a :class:`Progress` after every step of every variant (in this process).
         **options: ``width``, ``activation``, ``init``, ``lr``, ``optimizer``, ``momentum``, ``batch_size``,
             ``eval_every``, ``data_root``, ``download``, ``data_options``, ``device`` (``"cpu"``, ``"cuda"`` or
-            ``"auto"``), ``kernels``, ``group``.
+            ``"auto"``), ``kernels``, ``blocks`` (backward gain per block, default ``"auto"``; ``None`` turns it
+            off), ``group``.
 
     Returns:
-        ``{variant: run_id}`` in the order of ``variants`` (on every rank under torchrun; rank 0 wrote them).
+        ``{variant: run_id}`` in the order of ``variants``, or ``{(variant, depth): run_id}`` for a list of
+        depths (on every rank under torchrun; rank 0 wrote them).
     """
     job = prepare(variants, depth, steps, dataset, seed, store, **options)
-    return execute(job, nproc, workers, progress)
+    runs = execute(job, nproc, workers, progress)
+    return {job.keys.get(label, label): runs[label] for label in job.configs if label in runs}
 
 
 def run_in_torchrun(job: Job, progress: ProgressCallback | None = None) -> dict[str, str]:

@@ -190,6 +190,11 @@ class Job:
     device: str | None
     kernels: Any = "auto"
     meta: dict[str, Any] = field(default_factory=dict)
+    #: What :func:`~.launch.compare` returns for each run label: the label itself, or ``(variant, depth)`` in
+    #: a depth sweep (default: the label).
+    keys: dict[str, Any] = field(default_factory=dict)
+    #: Backward gain per block (``GradientMonitor(blocks=...)``); comparisons record it for ConvBlock.
+    blocks: Any = "auto"
 
 
 def _train_one(job: Job, variant: str, index: int, *, rank: int, world: int, device: torch.device,
@@ -209,14 +214,18 @@ def _train_one(job: Job, variant: str, index: int, *, rank: int, world: int, dev
     order = batch_indices(len(data.y_train), cfg.batch_size, cfg.steps, job.seed)  # (steps, global batch)
     local = cfg.batch_size // world
     store = RunStore(job.store_root) if rank == 0 else None
-    meta = {"kind": "comparison", "group": job.group, "variant": variant, "config": config.to_dict(),
-            "train": asdict(cfg), "dataset": data.info(), "seed": job.seed, "world_size": world, **job.meta}
-    name = f"{variant} d{config.depth}"
+    key = job.keys.get(variant, variant)
+    swept = isinstance(key, tuple)                # a depth sweep: the label already names the depth
+    meta = {"kind": "comparison", "group": job.group, "variant": variant, "series": key[0] if swept else variant,
+            "config": config.to_dict(), "train": asdict(cfg), "dataset": data.info(), "seed": job.seed,
+            "world_size": world, **job.meta}
+    name = variant if swept else f"{variant} d{config.depth}"
     accuracy = math.nan
     diverged = False
     steps_done = 0
     with GradientMonitor(net, store=store, run_name=name, optimizer=optimizer, on_nonfinite="ignore",
-                         kernels=job.kernels if rank == 0 else None, meta=meta, distributed=world > 1) as mon:
+                         kernels=job.kernels if rank == 0 else None, meta=meta, distributed=world > 1,
+                         blocks=job.blocks) as mon:
         run_id = mon.run_id or ""
         for step in range(cfg.steps):
             idx = order[step, rank * local:(rank + 1) * local]      # (local,) this rank's slice
