@@ -140,7 +140,6 @@ def test_one_safe_torch_load_serves_every_reader():
 
 #: Files known to be over the limit, each with the reason; shown as xfail in every run until fixed.
 OVER_THE_LIMIT = {
-    "diagnostics/recording/monitor.py": "recording/ is being rebuilt concurrently (issue 11); its owner splits it",
 }
 
 

@@ -367,21 +367,6 @@ class GradientMonitor:
                           stacklevel=3)
 
     # -- results -------------------------------------------------------------------------------------------
-    @property
-    def histogram_every(self) -> int:
-        """Histograms are stored every this many steps (0: never)."""
-        return self.options.histogram_every
-
-    @property
-    def activations(self) -> bool:
-        """Whether activation and output-gradient statistics are recorded."""
-        return self.options.activations
-
-    @property
-    def weight_norms(self) -> bool:
-        """Whether ‖W‖ is recorded."""
-        return self.options.weight_norms
-
     def annotate(self, **metrics: Any) -> bool:
         """Add per-step metrics known only after the optimizer step (a framework's logged values) to the step
         ``step()`` recorded last, while it waits for its update. ``loss`` may be given here too.

@@ -209,7 +209,7 @@ def test_sync_batchnorm_cpu_without_a_process_group_is_batchnorm():
 def test_distributed_monitor_refuses_histograms():
     with pytest.raises(dx.MonitorError, match="histograms are not supported"):
         dx.GradientMonitor(nn.Linear(2, 2), histogram_every=1, distributed=True)
-    assert dx.GradientMonitor(nn.Linear(2, 2), distributed=True).histogram_every == 0
+    assert dx.GradientMonitor(nn.Linear(2, 2), distributed=True).options.histogram_every == 0
 
 
 def assert_same_statistics(store: dx.RunStore, single: dict[str, str], ddp: dict[str, str]) -> None:
