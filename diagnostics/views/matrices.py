@@ -41,6 +41,7 @@ class StatMatrix:
     types: tuple[str, ...]
     steps: np.ndarray            # (S,) int64, increasing
     values: np.ndarray           # (L, S) float64
+    kinds: tuple[str, ...] = ()  # "leaf" or "owner" per layer (runs recorded before schema 2: all leaves)
 
     @property
     def empty(self) -> bool:
@@ -53,7 +54,8 @@ def load_stat_matrix(store: RunStore, run: str, stat: str) -> StatMatrix:
     Layer names are read dictionary-encoded and pivoted by their integer codes, so a run of 2 M rows pivots
     in a fraction of a second.
     """
-    table = store.arrow_table(run, "layers", ["step", "layer", "depth", "type", stat], dictionary=("layer", "type"))
+    table = store.arrow_table(run, "layers", ["step", "layer", "depth", "type", "kind", stat],
+                              dictionary=("layer", "type"))
     return _pivot(table, run, stat)
 
 
@@ -61,7 +63,8 @@ def stat_matrix_from_frame(frame: pd.DataFrame, run: str, stat: str) -> StatMatr
     """Pivot an in-memory per-(step, layer) frame holding ``step``, ``layer``, ``depth``, ``type`` and ``stat``."""
     if frame.empty or stat not in frame.columns:
         return _pivot(None, run, stat)
-    table = pa.Table.from_pandas(frame[["step", "layer", "depth", "type", stat]], preserve_index=False)
+    columns = ["step", "layer", "depth", "type", *(["kind"] if "kind" in frame.columns else []), stat]
+    table = pa.Table.from_pandas(frame[columns], preserve_index=False)
     for column in ("layer", "type"):
         table = table.set_column(table.column_names.index(column), column,
                                  pc.dictionary_encode(table.column(column).cast(pa.string())))
@@ -89,7 +92,11 @@ def _pivot(table: pa.Table | None, run: str, stat: str) -> StatMatrix:
     steps = np.sort(pc.unique(table.column("step")).to_numpy())                    # (S,)
     values = np.full((len(names), len(steps)), np.nan)
     values[rank[codes], np.searchsorted(steps, step)] = table.column(stat).to_numpy(zero_copy_only=False)
-    return StatMatrix(run, stat, tuple(names[i] for i in order), tuple(type_of[order]), steps, values)
+    kind_of = np.full(len(names), "leaf", dtype=object)
+    if "kind" in table.column_names:                # a parameter owner that never ran is an "owner" row
+        kind_of[codes] = np.asarray(table.column("kind").to_pylist(), dtype=object)
+    return StatMatrix(run, stat, tuple(names[i] for i in order), tuple(type_of[order]), steps, values,
+                      tuple(kind_of[order]))
 
 
 @dataclass(frozen=True)
@@ -158,18 +165,22 @@ class FirstLastRatio(NamedTuple):
     ratio: np.ndarray            # (S,) NaN where either value is missing, not finite, or the last one is 0
 
 
-def first_last_ratio(matrix: StatMatrix, types: Sequence[str] | None = None) -> FirstLastRatio:
+def first_last_ratio(matrix: StatMatrix, types: Sequence[str] | None = None,
+                     kinds: Sequence[str] = ("leaf",)) -> FirstLastRatio:
     """Per step, the statistic of the first layer divided by that of the last layer, for every caller.
 
     The statistic is the matrix's (``matrix.stat``: e.g. ``weight_grad_norm`` or ``act_grad_norm``); the layers
-    considered are those of the given ``types`` (e.g. ``("Conv1d", "Conv2d")``; default any layer) that have a
-    finite value at most steps (so ``weight_grad_norm`` skips layers without weights). First and last are in
-    execution order.
+    considered are those of the given ``types`` (e.g. ``("Conv1d", "Conv2d")``; default any layer) and row
+    ``kinds`` (default the leaf modules that ran, not a parameter owner such as ViT's class token; all rows when
+    fewer than two leaves qualify) that have a finite value at most steps (so ``weight_grad_norm`` skips layers
+    without weights). First and last are in execution order.
     """
     if matrix.empty:
         return FirstLastRatio("", "", np.zeros(0))
-    kinds = np.ones(len(matrix.layers), dtype=bool) if types is None else np.isin(matrix.types, list(types))
-    present = kinds & (np.isfinite(matrix.values).mean(axis=1) > 0.5)
+    chosen = np.ones(len(matrix.layers), dtype=bool) if types is None else np.isin(matrix.types, list(types))
+    present = chosen & (np.isfinite(matrix.values).mean(axis=1) > 0.5)
+    if matrix.kinds and np.count_nonzero(present & np.isin(matrix.kinds, list(kinds))) >= 2:
+        present &= np.isin(matrix.kinds, list(kinds))
     rows = np.flatnonzero(present)
     if len(rows) < 2:
         return FirstLastRatio("", "", np.full(len(matrix.steps), np.nan))
