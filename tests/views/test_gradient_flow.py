@@ -84,6 +84,16 @@ def test_first_last_ratio_takes_the_layer_kinds_as_an_argument(types, expected):
     np.testing.assert_allclose(ratio, expected_ratio)
 
 
+@pytest.mark.parametrize("kinds,expected", [(("leaf",), ("patch", "head")), (("leaf", "owner"), ("Model", "head"))],
+                         ids=["leaves", "with-owners"])
+def test_first_last_ratio_is_between_leaves_unless_asked(kinds, expected):
+    # ViT-like: the model owns a class token (an "owner" row ranked before its first leaf).
+    m = StatMatrix("r", "weight_grad_norm", ("Model", "patch", "head"), ("VisionTransformer", "Conv2d", "Linear"),
+                   np.arange(1), np.array([[1e-9], [2.0], [4.0]]), ("owner", "leaf", "leaf"))
+    first, last, _ = first_last_ratio(m, kinds=kinds)
+    assert (first, last) == expected
+
+
 def test_histogram_quantiles_interpolate_inside_bins():
     edges = np.array([-3.0, -2.0, -1.0, 0.0])
     hist = HistogramMatrix("r", "l", "weight_grad", edges, np.array([0]), np.array([[0.0], [10.0], [0.0]]),
