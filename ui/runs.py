@@ -12,7 +12,9 @@ from .common import run_labels, store_root
 
 def runs_table(runs: pd.DataFrame) -> list[str]:
     """The runs as a table; the rows the user ticks become the runs other pages compare."""
-    shown = runs[["name", "status", "model", "steps", "layers", "created", "size_bytes", "tags", "notes", "run"]].copy()
+    shown = runs[["name", "status", "model", "framework", "steps", "layers", "created", "size_bytes", "tags", "notes",
+                  "run"]].copy()
+    shown["framework"] = shown["framework"].replace("", "own loop")           # which training stack recorded it
     shown["size (MB)"] = (shown.pop("size_bytes") / 2**20).round(2)
     shown["created"] = shown["created"].dt.strftime("%Y-%m-%d %H:%M:%S")
     event = st.dataframe(shown, hide_index=True, width="stretch", on_select="rerun", selection_mode="multi-row",

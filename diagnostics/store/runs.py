@@ -153,7 +153,9 @@ class RunStore:
         return self._meta_of(self._run_dir(run_id))
 
     def runs(self) -> pd.DataFrame:
-        """One row per run: id, name, created, status, model, parameters, steps, layers, size, tags, notes."""
+        """One row per run: id, name, created, status, model, parameters, steps, layers, size, tags, notes, and
+        the training framework that recorded it (``framework``: "lightning", "transformers", ...; "" for a
+        hand-written loop)."""
         rows = []
         for meta in self._metas():
             run_dir = self.root / meta["run"]
@@ -170,9 +172,10 @@ class RunStore:
                 "tags": ", ".join(meta.get("tags", []) or []),
                 "notes": meta.get("notes", ""),
                 "group": meta.get("group", ""),
+                "framework": str(meta.get("framework") or ""),
             })
         columns = ["run", "name", "created", "status", "model", "parameters", "steps", "layers",
-                   "size_bytes", "tags", "notes", "group"]
+                   "size_bytes", "tags", "notes", "group", "framework"]
         return pd.DataFrame(rows, columns=columns)
 
     def _table(self, run_id: str, table: str, columns: Sequence[str] | None,

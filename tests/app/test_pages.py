@@ -198,3 +198,17 @@ def test_junk_in_the_store_folder_gives_one_summary_warning(tmp_path):
     at = open_page(store.root)
     assert len(at.warning) == 1 and "9 entries" in at.warning[0].value and "and 4 more" in at.warning[0].value
     assert len(at.dataframe[0].value) == 3                    # the real runs are still listed
+
+
+def test_runs_page_shows_which_framework_recorded_a_run(tmp_path):
+    import torch
+
+    store = dx.RunStore(tmp_path / "runs")
+    model = torch.nn.Linear(2, 1)
+    for meta in ({"framework": "lightning"}, {}):
+        with dx.GradientMonitor(model, store=store, meta=meta) as mon:
+            model(torch.randn(3, 2)).sum().backward()
+            mon.step()
+    at = open_page(store.root)
+    table = at.dataframe[0].value
+    assert sorted(table["framework"]) == ["lightning", "own loop"]
