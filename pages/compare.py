@@ -4,20 +4,22 @@ import streamlit as st
 
 from diagnostics.views.training_comparison import DEPTH_STATS, compare_view, profile_steps, recorded_steps
 from ui.common import guard, require_router, store_root
-from ui.compare import (GROUP_KEY, JOB_KEY, comparison_data, past_comparisons, progress_panel, settings_form,
-                        show_job_error, start_job)
+from ui.compare import (GROUP_KEY, JOB_KEY, comparison_data, past_comparisons, preset_picker, progress_panel,
+                        settings_form, show_job_error, show_view, start_job)
 
 require_router()
 st.title("Compare training")
 st.markdown(
     "Why do deep plain CNNs stop learning, and how do residual connections and batch norm fix it? Train up to four "
     "variants of one CNN with the same data, data order, seed, depth and optimiser, record their gradient flow, "
-    "and see the result side by side. The defaults (depth 20, ReLU, PyTorch's init, 300 steps on the bundled "
-    "digits) take well under a minute on a laptop CPU.")
+    "and see the result side by side, with the backward gain of every block. The defaults (depth 20, ReLU, "
+    "PyTorch's init, 300 steps on the bundled digits) take well under a minute on a laptop CPU.")
 root = store_root()
 
 job = st.session_state.get(JOB_KEY)
-settings = settings_form(running=job is not None and not job.finished)
+running = job is not None and not job.finished
+preset, settings = preset_picker(running), settings_form(running)
+settings = preset or settings
 if settings is not None:
     start_job(root, settings)
     job = st.session_state.get(JOB_KEY)
@@ -55,7 +57,6 @@ if data.steps.empty:
     st.info("This comparison has no recorded steps yet.")
     st.stop()
 
-reading, curves = st.container(), st.columns(2)
 recorded = recorded_steps(data)
 steps = st.multiselect("Steps shown in gradient vs depth", recorded, default=profile_steps(recorded),
                        key=f"cmp_steps_{group}")
@@ -63,18 +64,6 @@ with guard(f"draw comparison {group}") as drawn:
     view = compare_view(data, stat, steps)
 if drawn.failed:
     st.stop()
-reading.markdown(view.reading)
-curves[0].plotly_chart(view.figures["loss"], theme="streamlit", key="cmp_loss")
-curves[1].plotly_chart(view.figures["accuracy"], theme="streamlit", key="cmp_accuracy")
-left, right = st.columns(2)
-left.plotly_chart(view.figures["depth"], theme="streamlit", key="cmp_depth_fig")
-right.plotly_chart(view.figures["ratio"], theme="streamlit", key="cmp_ratio")
-table = view.summary.rename(columns={"final_loss": "final loss (last 10 steps)", "accuracy": "held-out accuracy",
-                                     "ratio_median": "first/last ratio (median)",
-                                     "ratio_final": "first/last ratio (last)"})
-st.dataframe(table, hide_index=True, width="stretch",
-             column_config={c: st.column_config.NumberColumn(format="%.2e") for c in table.columns if "ratio" in c})
-st.download_button("Download the first/last ratios (CSV)", view.ratios.to_csv(index=False), f"{group}-ratios.csv",
-                   mime="text/csv", key="cmp_download_ratios")
+show_view(view, group)
 st.caption("Each run is also listed on the Runs page and opens on the Gradient flow and Kernel heatmaps pages. "
            "From a terminal: `python -m diagnostics compare --variants plain,residual --depth 20`.")

@@ -121,6 +121,11 @@ def _histograms(root: str, run: str, layer: str, kind: str, signature: int):
     return load_histograms(dx.RunStore(root), run, layer, kind)
 
 
+@st.cache_data(show_spinner=False, max_entries=64)
+def _block_frame(root: str, run: str, signature: int) -> pd.DataFrame:
+    return dx.RunStore(root).block_frame(run)
+
+
 class StreamlitLoader:
     """The views' loader with Streamlit's cache in front of the store (read-only results, never copied)."""
 
@@ -135,6 +140,9 @@ class StreamlitLoader:
 
     def histograms(self, run: str, layer: str, kind: str):
         return _histograms(self.root, run, layer, kind, run_signature(self.root, run))
+
+    def block_frame(self, run: str) -> pd.DataFrame:
+        return _block_frame(self.root, run, run_signature(self.root, run))
 
 
 def run_labels(runs: pd.DataFrame) -> dict[str, str]:

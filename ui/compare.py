@@ -12,13 +12,17 @@ from diagnostics.experiments.comparison import ComparisonData, comparison_runs, 
 from diagnostics.experiments.data import DATASETS
 from diagnostics.experiments.models import ACTIVATIONS, INITS, VARIANTS
 from diagnostics.experiments.jobs import ComparisonJob
+from diagnostics.experiments.presets import PRESETS
 from diagnostics.experiments.training import TrainConfig
+from diagnostics.views.training_comparison import CompareView
 
 from .common import store_version
 
 JOB_KEY = "compare_job"
 GROUP_KEY = "compare_group"
-INIT_LABELS = {"default": "PyTorch default", "he": "He (Kaiming)", "xavier": "Xavier (Glorot)"}
+INIT_LABELS = {"default": "PyTorch default", "he": "He (Kaiming, fan-in)", "xavier": "Xavier (Glorot, gain 1)",
+               "orthogonal": "Orthogonal (Saxe)"}
+INIT_HELP = "  \n".join(f"**{INIT_LABELS[k]}**: {v}" for k, v in INITS.items())
 ON_DISK = {"folder", "mnist", "fashion-mnist", "cifar10"}
 
 
@@ -35,7 +39,11 @@ def settings_form(running: bool = False) -> dict[str, Any] | None:
         depth = c1.slider("Depth (conv layers)", 2, 100, 20, key="cmp_depth")
         width = c1.number_input("Width (channels per conv layer)", 1, 256, 16, key="cmp_width")
         activation = c2.selectbox("Activation", list(ACTIVATIONS), key="cmp_activation")
-        init = c2.selectbox("Initialisation", list(INITS), format_func=INIT_LABELS.get, key="cmp_init")
+        init = c2.selectbox("Initialisation", list(INITS), format_func=INIT_LABELS.get, key="cmp_init",
+                            help=INIT_HELP)
+        sweep = c1.text_input("Depth sweep (optional, e.g. 5, 10, 20, 40)", key="cmp_sweep",
+                              help="Every variant at every depth listed (the slider is then ignored), with one "
+                                   "chart of the first/last gradient ratio and the accuracy against depth.")
         steps = c2.number_input("Steps per variant", 1, 20_000, defaults.steps, key="cmp_steps")
         lr = c3.number_input("Learning rate (SGD, momentum 0.9)", 1e-5, 10.0, defaults.lr, step=0.001,
                              format="%.4f", key="cmp_lr")
@@ -48,9 +56,49 @@ def settings_form(running: bool = False) -> dict[str, Any] | None:
                                       help="A comparison is still training." if running else None)
     if not start:
         return None
-    return {"variants": variants, "depth": int(depth), "width": int(width), "activation": activation, "init": init,
+    try:
+        depths = [int(d) for d in sweep.replace(",", " ").split()]
+    except ValueError:
+        st.error(f"The depth sweep must list whole numbers, e.g. 5, 10, 20, 40; got {sweep!r}")
+        return None
+    return {"variants": variants, "depth": depths if depths else int(depth), "width": int(width), "activation": activation, "init": init,
             "steps": int(steps), "lr": float(lr), "dataset": dataset,
             "data_root": (root.strip() or None) if dataset in ON_DISK else None, "download": download}
+
+
+def preset_picker(running: bool = False) -> dict[str, Any] | None:
+    """The one-click comparisons of :data:`PRESETS`; returns a preset's settings when its Start is pressed."""
+    with st.expander("Presets: classic experiments in one click"):
+        key = st.selectbox("Preset", list(PRESETS), format_func=lambda k: PRESETS[k].title, key="cmp_preset")
+        preset = PRESETS[key]
+        st.markdown(preset.description)
+        st.caption("Settings: " + ", ".join(f"{k}={v}" for k, v in preset.settings.items() if k != "variants")
+                   + "; runs: " + ", ".join(preset.settings["variants"]))
+        if st.button("Start this preset", key="cmp_preset_start", disabled=running):
+            return dict(preset.settings)
+    return None
+
+
+def show_view(view: CompareView, group: str) -> None:
+    """The comparison's reading, notes, figures side by side and summary table."""
+    st.markdown(view.reading)
+    for note in view.notes:
+        st.info(note)
+    pairs = [("loss", "accuracy"), ("depth", "ratio"), ("gain", "cumulative")]
+    for left, right in pairs:
+        columns = st.columns(2)
+        for column, key in zip(columns, (left, right)):
+            if key in view.figures:
+                column.plotly_chart(view.figures[key], theme="streamlit", key=f"cmp_{key}_fig")
+    if "sweep" in view.figures:
+        st.plotly_chart(view.figures["sweep"], theme="streamlit", key="cmp_sweep_fig")
+    table = view.summary.rename(columns={"final_loss": "final loss (last 10 steps)", "accuracy": "held-out accuracy",
+                                         "ratio_median": "first/last ratio (median)",
+                                         "ratio_final": "first/last ratio (last)"})
+    st.dataframe(table, hide_index=True, width="stretch",
+                 column_config={c: st.column_config.NumberColumn(format="%.2e") for c in table.columns if "ratio" in c})
+    st.download_button("Download the first/last ratios (CSV)", view.ratios.to_csv(index=False),
+                       f"{group}-ratios.csv", mime="text/csv", key="cmp_download_ratios")
 
 
 def start_job(root: str, settings: dict[str, Any]) -> None:
@@ -72,7 +120,7 @@ def show_job_error(job: ComparisonJob) -> None:
 
 @st.fragment(run_every=1.0)
 def progress_panel(job: ComparisonJob) -> None:
-    """One progress bar per variant, refreshed every second while the worker trains."""
+    """One progress bar per run (per variant, and per depth in a sweep), refreshed every second while training."""
     latest = job.latest()
     for variant, fraction in job.fractions().items():
         p = latest.get(variant)

@@ -66,7 +66,7 @@ def export_section(view: FlowView, root: str, runs: list[str], names: dict[str, 
 
 def page_sections() -> dict:
     """The page's sections as containers, in page order (filled after the view is built)."""
-    return {name: st.container() for name in ("findings", "depth", "heat", "trends", "hist", "export")}
+    return {name: st.container() for name in ("findings", "depth", "gains", "heat", "trends", "hist", "export")}
 
 
 def layer_pickers(boxes: dict, layers: list[str], default: list[str]) -> tuple[list[str], str | None, str]:
@@ -89,6 +89,17 @@ def show_flow(view: FlowView, boxes: dict, root: str, runs: list[str], names: di
         st.subheader("Findings")
         show_findings(view, names)
     boxes["depth"].plotly_chart(view.figures["depth"], key="fig_depth")
+    with boxes["gains"]:
+        st.subheader("Backward gain per block")
+        st.caption("A block's gain is ‖∂L/∂x‖ / ‖∂L/∂y‖: how much the gradient grows or shrinks crossing it, at "
+                   "the step(s) above. The cumulative product from the last block back says how much of the "
+                   "gradient at the top still reaches each block.")
+        if view.block_note:
+            st.info(view.block_note)
+        if "gain" in view.figures:
+            left, right = st.columns(2)
+            left.plotly_chart(view.figures["gain"], key="fig_gain")
+            right.plotly_chart(view.figures["cumulative"], key="fig_cumulative")
     with boxes["heat"]:
         st.subheader("Layer × step")
         tab_w, tab_a = st.tabs(["weight gradients", "activation gradients"])

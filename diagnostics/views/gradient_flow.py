@@ -15,7 +15,8 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from . import figures
+from . import figures, gains
+from .gains import gain_profiles
 from .diagnosis import Finding, Thresholds, find_problems
 from .report import html_report
 from .matrices import (Bucketed, HistogramMatrix, StatMatrix, bucket_rows, depth_profile, first_last_ratio,
@@ -30,6 +31,7 @@ class Loader(Protocol):
     def stat_matrix(self, run: str, stat: str) -> StatMatrix: ...
     def step_frame(self, run: str) -> pd.DataFrame: ...
     def histograms(self, run: str, layer: str, kind: str) -> HistogramMatrix: ...
+    def block_frame(self, run: str) -> pd.DataFrame: ...
 
 
 class StoreLoader:
@@ -48,6 +50,9 @@ class StoreLoader:
     def histograms(self, run: str, layer: str, kind: str) -> HistogramMatrix:
         return load_histograms(self.store, run, layer, kind)
 
+    def block_frame(self, run: str) -> pd.DataFrame:
+        return self.store.block_frame(run)
+
 
 class CachedLoader(StoreLoader):
     """A :class:`StoreLoader` with an in-process LRU cache (for scripts and benchmarks)."""
@@ -57,6 +62,7 @@ class CachedLoader(StoreLoader):
         self.stat_matrix = lru_cache(size)(super().stat_matrix)         # type: ignore[method-assign]
         self.step_frame = lru_cache(size)(super().step_frame)           # type: ignore[method-assign]
         self.histograms = lru_cache(size)(super().histograms)           # type: ignore[method-assign]
+        self.block_frame = lru_cache(size)(super().block_frame)         # type: ignore[method-assign]
 
 
 @dataclass
@@ -85,6 +91,7 @@ class FlowView:
     layers: list[str]
     steps: np.ndarray
     matrices: dict[str, StatMatrix]          # the shown statistic of every selected run
+    block_note: str | None = None            # runs recorded without block gains (figures gain, cumulative)
 
     def data(self) -> pd.DataFrame:
         """The shown statistic of every selected run as long rows (built on demand: it can be millions)."""
@@ -131,12 +138,18 @@ def gradient_flow_view(loader: Loader, options: FlowOptions, colors: dict[str, s
                                                          hist_layer, options.hist_kind)
         figs["quantiles"] = figures.quantile_figure([histogram_quantiles(h) for h in hists if not h.empty],
                                                         colors, names)
+    blocks = {run: loader.block_frame(run) for run in runs}
+    profiles = gain_profiles(blocks, [step, *options.extra_steps])
+    if profiles:                                       # runs without a blocks table get a note, not empty charts
+        figs["gain"] = gains.gain_figure(profiles, colors, names)
+        figs["cumulative"] = gains.cumulative_figure(profiles, colors, names)
+    block_note = gains.missing_note([run for run, frame in blocks.items() if frame.empty], names)
     findings = {run: find_problems(loader.stat_matrix(run, "weight_grad_norm"),
                                    loader.stat_matrix(run, "act_zero_frac"),
                                    loader.stat_matrix(run, "update_ratio"), step_frames[run], options.thresholds,
                                    name=names.get(run, run))
                 for run in runs}
-    return FlowView(figs, findings, layers, steps, matrices)
+    return FlowView(figs, findings, layers, steps, matrices, block_note)
 
 
 def ratio_rows(matrix: StatMatrix, max_points: int, types: Sequence[str] | None = None) -> Bucketed:

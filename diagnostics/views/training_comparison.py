@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -12,7 +12,9 @@ import plotly.graph_objects as go
 
 from ..experiments.comparison import CONV_TYPES, ComparisonData
 from . import figures
+from .gains import cumulative_figure, gain_figure, gain_profiles, missing_note
 from .gradient_flow import ratio_rows, step_rows
+from .sweep import init_reading, is_sweep, run_ratios, sweep_figure
 from .matrices import StatMatrix, depth_profile, first_last_ratio, stat_matrix_from_frame
 
 #: The first/last ratio band in which gradient flow counts as healthy.
@@ -31,9 +33,11 @@ class CompareView:
 
     summary: pd.DataFrame            # one row per variant (see :func:`summarize`)
     reading: str                     # the plain-language reading (markdown)
-    figures: dict[str, go.Figure]    # loss, accuracy, depth, ratio
+    figures: dict[str, go.Figure]    # loss, accuracy, depth, ratio; gain, cumulative (block gains); sweep
     ratios: pd.DataFrame             # variant, step, first, last, ratio (for download)
     steps: list[int]                 # the recorded steps (for the step picker)
+    runs: pd.DataFrame = field(default_factory=pd.DataFrame)   # per run: step-0 and final ratios (sweep.run_ratios)
+    notes: list[str] = field(default_factory=list)             # markdown: the init reading, missing block gains
 
 
 def conv_matrix(data: ComparisonData, variant: str, stat: str) -> StatMatrix:
@@ -109,7 +113,20 @@ def compare_view(data: ComparisonData, stat: str = "weight_grad_norm", steps: Se
                                       title="First / last conv layer gradient ratio", band=HEALTHY_BAND),
     }
     figs["accuracy"].update_yaxes(range=[0, 100])
-    return CompareView(summary, describe(summary, num_classes), figs, ratio_frame(data), recorded)
+    notes = []
+    blocks = {v: data.blocks[data.blocks["variant"] == v] if not data.blocks.empty else data.blocks for v in variants}
+    profiles = gain_profiles(blocks)
+    if profiles:
+        figs["gain"] = gain_figure(profiles, colors, names)
+        figs["cumulative"] = cumulative_figure(profiles, colors, names)
+    note = missing_note([v for v in variants if blocks[v].empty], names)
+    notes += [note] if note else []
+    per_run = run_ratios(data)
+    if is_sweep(per_run):
+        figs["sweep"] = sweep_figure(per_run)
+    reading = init_reading(per_run)
+    notes = ([reading] if reading else []) + notes
+    return CompareView(summary, describe(summary, num_classes), figs, ratio_frame(data), recorded, per_run, notes)
 
 
 def summarize(data: ComparisonData) -> pd.DataFrame:

@@ -61,7 +61,8 @@ def test_a_tiny_comparison_runs_to_completion_and_shows_the_plots(tmp_path):
     assert not at.exception and not at.error
     assert at.selectbox(key="compare_group").value == job.group
     assert chart_titles(at) == ["Training loss", "Held-out accuracy", "weight-gradient L2 norm ‖∂L/∂W‖ vs depth",
-                                "First / last conv layer gradient ratio"]
+                                "First / last conv layer gradient ratio", "Backward gain per block",
+                                "Cumulative gain from the last block back"]
     reading = " ".join(m.value for m in at.markdown)
     assert "plain" in reading and "held-out accuracy" in reading
 
@@ -71,11 +72,11 @@ def test_a_past_comparison_reopens_from_the_store(recorded):
     at = open_compare(store.root)
     group = store.meta(runs["plain"])["group"]
     assert at.selectbox(key="compare_group").value == group
-    assert len(chart_titles(at)) == 4
+    assert len(chart_titles(at)) == 6                      # with the block gains
     table = at.dataframe[0].value
     assert list(table["variant"]) == ["plain", "residual"] and list(table["run"]) == [runs["plain"], runs["residual"]]
     at.radio(key="cmp_stat").set_value("act_grad_norm").run()
-    assert not at.exception and len(chart_titles(at)) == 4
+    assert not at.exception and len(chart_titles(at)) == 6
 
 
 def test_a_missing_dataset_folder_is_an_error_message_not_a_traceback(tmp_path):
