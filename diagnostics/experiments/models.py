@@ -33,6 +33,8 @@ INITS: dict[str, str] = {
     "orthogonal": "Saxe et al. 2014: a (semi-)orthogonal weight matrix (rows of the flattened kernel) times the "
                   "activation's gain (√2 for ReLU); preserves norms exactly for linear layers.",
 }
+#: Where batch norm sits in a block: before the activation (conv -> bn -> act, as in ResNet) or after it.
+BN_POSITIONS: tuple[str, ...] = ("before", "after")
 MIN_DEPTH, MAX_DEPTH = 2, 100
 
 #: Marks a checkpoint written by :func:`save_checkpoint` (and its layout version).
@@ -52,7 +54,8 @@ class CNNConfig:
     depth: int = 20              # conv layers in total (stem + depth-1 blocks), 2..100
     width: int = 16              # channels of every conv layer
     residual: bool = False       # add each block's input to its output (not the stem)
-    batchnorm: bool = False      # batch norm after every conv
+    batchnorm: bool = False      # batch norm in every block
+    bn_position: str = "before"  # before the activation (conv -> bn -> act) | after it (conv -> act -> bn)
     activation: str = "relu"     # relu | tanh | sigmoid
     init: str = "default"        # default (PyTorch's) | he | xavier | orthogonal (see INITS)
     dims: int = 2                # 2: images (N, C, H, W) with Conv2d; 1: signals (N, C, L) with Conv1d
@@ -69,6 +72,10 @@ class CNNConfig:
             (isinstance(self.width, int) and 1 <= self.width <= 4096, "width must be an integer from 1 to 4096"),
             (self.activation in ACTIVATIONS, f"activation must be one of {sorted(ACTIVATIONS)}"),
             (self.init in INITS, f"init must be one of {list(INITS)}"),
+            (self.bn_position in BN_POSITIONS, f"bn_position must be one of {list(BN_POSITIONS)}"),
+            (not (self.residual and self.batchnorm and self.bn_position == "after"),
+             "bn_position='after' is for plain networks (a residual block adds its input before the activation, "
+             "so batch norm after it would normalise the skip path too)"),
             (self.dims in (1, 2), "dims must be 1 (Conv1d, signals) or 2 (Conv2d, images)"),
             (isinstance(self.in_channels, int) and self.in_channels >= 1, "in_channels must be a positive integer"),
             (isinstance(self.num_classes, int) and self.num_classes >= 2, "num_classes must be at least 2"),
@@ -115,7 +122,8 @@ def variant_config(variant: str, **overrides: Any) -> CNNConfig:
 
 
 class ConvBlock(nn.Module):
-    """conv -> [batch norm] -> activation, with ``act(bn(conv(x)) + x)`` when ``residual``."""
+    """conv -> [batch norm] -> activation, with ``act(bn(conv(x)) + x)`` when ``residual``; with
+    ``bn_position="after"`` (plain blocks only) conv -> activation -> batch norm."""
 
     def __init__(self, in_channels: int, out_channels: int, config: CNNConfig, residual: bool) -> None:
         super().__init__()
@@ -126,15 +134,19 @@ class ConvBlock(nn.Module):
         self.residual = residual
         self.conv = conv(in_channels, out_channels, config.kernel_size, padding=config.kernel_size // 2)
         self.bn = norm(out_channels) if config.batchnorm else None
+        self.bn_after = config.bn_position == "after"
         self.act = ACTIVATIONS[config.activation]()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.conv(x)                                  # (N, C, H, W) or (N, C, L)
-        if self.bn is not None:
+        if self.bn is not None and not self.bn_after:
             h = self.bn(h)                                # same shape
         if self.residual:
             h = h + x                                     # same shape: the skip connection
-        return self.act(h)                                # same shape
+        h = self.act(h)                                   # same shape
+        if self.bn is not None and self.bn_after:
+            h = self.bn(h)                                # same shape: normalises the activation's output
+        return h
 
 
 class CNN(nn.Module):

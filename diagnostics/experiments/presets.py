@@ -41,4 +41,13 @@ PRESETS: dict[str, Preset] = {
                       "plain · tanh": {"variant": "plain", "activation": "tanh"},
                       "plain · ReLU": {"variant": "plain", "activation": "relu"}},
          "depth": 20, "steps": 300, "init": "he", "dataset": "digits", "lr": 0.01}),
+    "bn-position": Preset(
+        "Batch norm before vs after the activation (20-layer plain network)",
+        "Ioffe & Szegedy 2015 put batch norm between the conv and the ReLU (conv → bn → ReLU); many later "
+        "networks put it after (conv → ReLU → bn). Both keep the gradient flowing in a plain 20-layer network, "
+        "where the same network without batch norm (PyTorch's default init) does not.",
+        {"variants": {"batch norm before ReLU": {"variant": "batchnorm"},
+                      "batch norm after ReLU": {"variant": "batchnorm", "bn_position": "after"},
+                      "no batch norm": {"variant": "plain"}},
+         "depth": 20, "steps": 300, "dataset": "digits", "lr": 0.01}),
 }

@@ -87,8 +87,8 @@ def _trace_conv_block(block: nn.Module, x: Tensor, tape: _Tape, path: str) -> tu
     through ``bn`` and ``conv`` (the branch) and straight to ``x`` (the skip path): ``dL/dx = branch + g``.
     """
     h, conv_backward = _trace(block.conv, x, tape, _join(path, "conv"))  # (N, C, H, W) or (N, C, L)
-    bn_backward = None
-    if block.bn is not None:
+    bn_backward, bn_after = None, getattr(block, "bn_after", False)
+    if block.bn is not None and not bn_after:
         h, bn_backward = _trace(block.bn, h, tape, _join(path, "bn"))  # same shape
     if block.residual:
         if h.shape != x.shape:
@@ -98,9 +98,14 @@ def _trace_conv_block(block: nn.Module, x: Tensor, tape: _Tape, path: str) -> tu
             )
         h = h + x  # same shape: the skip connection
     output, act_backward = _trace(block.act, h, tape, _join(path, "act"))  # same shape
+    after_backward = None
+    if block.bn is not None and bn_after:  # conv -> act -> bn (plain blocks only)
+        output, after_backward = _trace(block.bn, output, tape, _join(path, "bn"))  # same shape
     residual = block.residual
 
     def conv_block_backward(grad: Tensor) -> Tensor:
+        if after_backward is not None:
+            grad = after_backward(grad)  # dL/d act(h), through the batch norm after the activation
         grad_h = act_backward(grad)  # dL/dh, shaped like h
         grad_branch = grad_h if bn_backward is None else bn_backward(grad_h)  # dL/d conv(x)
         grad_x = conv_backward(grad_branch)  # shaped like x

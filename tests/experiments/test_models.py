@@ -226,3 +226,19 @@ def test_checkpoint_errors(tmp_path):
     with pytest.raises(dx.CheckpointError, match="recorded architecture is invalid"):
         load_project_checkpoint(tmp_path / "invalid.pt")
     assert load_project_checkpoint(tmp_path / "ok.pt").config == config
+
+
+def test_batch_norm_after_the_activation_normalises_the_activation_output():
+    config = variant_config("batchnorm", depth=3, width=4, bn_position="after")
+    model = build_cnn(config, seed=0)
+    block = model.blocks[1]
+    x = torch.randn(5, 4, 8, 8)
+    expected = block.bn(block.act(block.conv(x)))                    # conv -> act -> bn
+    torch.testing.assert_close(block(x), expected)
+    assert CNNConfig.from_dict({k: v for k, v in config.to_dict().items() if k != "bn_position"}).bn_position \
+        == "before"                                                  # older checkpoints keep their order
+
+
+def test_batch_norm_after_the_activation_is_refused_in_residual_blocks():
+    with pytest.raises(ModelConfigError, match="bn_position='after' is for plain networks"):
+        variant_config("residual+batchnorm", bn_position="after")

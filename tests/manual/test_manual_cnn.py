@@ -147,3 +147,11 @@ def test_check_model_passes_every_layer_of_the_project_cnn(variant: str) -> None
     convs = report[report.layer.str.endswith(".conv")]
     assert convs.layer.unique().tolist() == ["blocks.0.conv", "blocks.1.conv", "blocks.2.conv"]
     assert set(report.layer) >= {"pool", "head"}
+
+
+@pytest.mark.parametrize("impl", manual.IMPLS)
+@pytest.mark.parametrize("dims", [1, 2], ids=["1d", "2d"])
+def test_cnn_backward_with_batch_norm_after_the_activation(dims: int, impl: str) -> None:
+    config = variant_config("batchnorm", depth=3, width=4, dims=dims, bn_position="after", in_channels=IN_CHANNELS,
+                            num_classes=3, input_size=SIZE, pool_size=2)
+    assert_network_grads_match(build_cnn(config, seed=1).double(), random_input(dims), impl)
