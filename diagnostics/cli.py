@@ -55,8 +55,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from .views.training_comparison import summarize
 
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    try:
+        depths = [int(d) for d in args.depth.split(",") if d.strip()]
+    except ValueError:
+        return _check_error(f"--depth must be an integer or comma-separated integers (a sweep), got {args.depth!r}")
+    depth = depths[0] if len(depths) == 1 else depths
     rank0 = not in_torchrun() or os.environ.get("RANK") == "0"
-    bar = tqdm(total=len(variants) * args.steps, unit="step", disable=not rank0 or args.quiet, dynamic_ncols=True)
+    bar = tqdm(total=len(variants) * max(1, len(depths)) * args.steps, unit="step", disable=not rank0 or args.quiet, dynamic_ncols=True)
     seen: dict[str, int] = {}
 
     def progress(p) -> None:
@@ -71,13 +76,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
                "optimizer": args.optimizer, "batch_size": args.batch_size, "eval_every": args.eval_every,
                "data_root": args.data_root, "download": args.download, "device": args.device}
     try:
-        runs = compare(variants, args.depth, args.steps, args.dataset, args.seed, store, nproc=args.nproc,
+        runs = compare(variants, depth, args.steps, args.dataset, args.seed, store, nproc=args.nproc,
                        progress=progress, **options)
     finally:
         bar.close()
     if not rank0:
         return 0
-    summary = summarize(load_comparison(store, runs))
+    by_label = {store.meta(run)["variant"]: run for run in runs.values()}          # "plain d5" in a sweep
+    summary = summarize(load_comparison(store, by_label))
     table = pd.DataFrame({
         "variant": summary["variant"],
         "final loss": summary["final_loss"].map(lambda x: f"{x:.4f}"),
@@ -218,7 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
                                           "gradient flow")
     comp.add_argument("--variants", default=",".join(VARIANTS),
                       help=f"comma-separated, from {', '.join(VARIANTS)} (default: all four)")
-    comp.add_argument("--depth", type=int, default=20, help="conv layers per network, 2-100 (default: 20)")
+    comp.add_argument("--depth", default="20", help="conv layers per network, 2-100 (default: 20); a "
+                                                    "comma-separated list runs a depth sweep, e.g. 5,10,20,40")
     comp.add_argument("--steps", type=int, default=defaults.steps, help="optimiser steps per variant")
     comp.add_argument("--dataset", default="digits", choices=DATASETS, help="default: digits (bundled, offline)")
     comp.add_argument("--data-root", default=None, help="folder of an image-folder or torchvision dataset")

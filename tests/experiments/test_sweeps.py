@@ -79,3 +79,15 @@ def test_bad_depths_are_errors_before_any_training(tmp_path, depth):
     with pytest.raises(TrainingError, match="depth must be an integer or a list of distinct integers"):
         dx.compare(variants=["plain"], depth=depth, store=dx.RunStore(tmp_path), **TINY)
     assert not list(tmp_path.iterdir())
+
+
+def test_the_cli_runs_a_depth_sweep_and_prints_a_row_per_run(tmp_path, capsys):
+    from diagnostics.cli import main
+
+    code = main(["compare", "--variants", "plain", "--depth", "2,3", "--steps", "2", "--dataset", "synthetic",
+                 "--width", "4", "--batch-size", "16", "--store", str(tmp_path), "--quiet"])
+    assert code == 0
+    rows = capsys.readouterr().out.splitlines()[-2:]
+    assert [" ".join(r.split()[:2]) for r in rows] == ["plain d2", "plain d3"]
+    assert main(["compare", "--depth", "2,x", "--store", str(tmp_path), "--quiet"]) == 2
+    assert "--depth must be an integer" in capsys.readouterr().err
