@@ -113,7 +113,6 @@ class LayerTable:
             if name == "":
                 self.root_type = row.type
             for attr, p in self._own_parameters(module):
-                qualified = f"{name}.{attr}" if name else attr
                 first = owner_of.setdefault(id(p), name)
                 if first != name:
                     row.shared_with = row.shared_with or first

@@ -8,7 +8,6 @@ import pytest
 import torch
 import torch.utils.checkpoint as cp
 from torch import nn
-from torch.nn.utils import parametrize
 
 import diagnostics as dx
 from tests.conftest import hook_state
