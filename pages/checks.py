@@ -7,7 +7,7 @@ from diagnostics.manual import IMPLS
 from diagnostics.manual.duality import CONV_OUTPUT_SIZE, TRANSPOSE_OUTPUT_SIZE
 from diagnostics.views.catalogue import LAYERS
 from ui.checks import cached_check_view, gradient_heatmap, input_shape_widgets, layer_options
-from ui.common import require_router
+from ui.common import guard, require_router
 
 require_router()
 st.title("Gradient checks")
@@ -23,10 +23,9 @@ st.subheader("Input")
 shape = input_shape_widgets(layer)
 with st.expander(f"{LAYERS[layer].name} options", expanded=True):
     options = layer_options(layer, shape[1])
-try:
+with guard("run the check", LayerOptionsError, "This combination does not work.") as check:
     view = cached_check_view(layer, options, shape, impl, seed)
-except LayerOptionsError as err:
-    st.error(f"This combination does not work. {err}", icon=":material/block:")
+if check.failed:
     st.stop()
 
 result = view.result

@@ -171,13 +171,14 @@ class Guard:
 
 
 @contextmanager
-def guard(what: str) -> Iterator[Guard]:
+def guard(what: str, expected: type[Exception] | None = None, prefix: str = "") -> Iterator[Guard]:
     """Show an error of the block where it happened: the library's as a message, anything else as a bug.
 
     A :class:`~diagnostics.DiagnosticsError` says what to do, so it is shown with ``st.error``; any other
     exception is a bug and is shown with its traceback (``st.exception``), in the container the block writes
     to, so one bad run or widget never blanks the rest of the page. Streamlit's own stop and rerun signals
-    are ``BaseException`` and pass through.
+    are ``BaseException`` and pass through. An ``expected`` library error (a widget's own refusal) is shown as
+    ``prefix`` and its message alone.
 
     Example::
 
@@ -191,7 +192,10 @@ def guard(what: str) -> Iterator[Guard]:
         yield outcome
     except dx.DiagnosticsError as exc:
         outcome.failed = True
-        st.error(f"Could not {what}: {exc}")
+        if expected is not None and isinstance(exc, expected):       # the widget's own, expected refusal
+            st.error(f"{prefix} {exc}".strip(), icon=":material/block:")
+        else:
+            st.error(f"Could not {what}: {exc}")
     except Exception as exc:  # noqa: BLE001 - not hidden: shown with its traceback where it happened
         outcome.failed = True
         st.exception(exc)
