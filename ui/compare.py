@@ -61,8 +61,9 @@ def settings_form(running: bool = False) -> dict[str, Any] | None:
     except ValueError:
         st.error(f"The depth sweep must list whole numbers, e.g. 5, 10, 20, 40; got {sweep!r}")
         return None
-    return {"variants": variants, "depth": depths if depths else int(depth), "width": int(width), "activation": activation, "init": init,
-            "steps": int(steps), "lr": float(lr), "dataset": dataset,
+    return {"variants": variants, "depth": depths if len(depths) > 1 else (depths or [int(depth)])[0],
+            "width": int(width),
+            "activation": activation, "init": init, "steps": int(steps), "lr": float(lr), "dataset": dataset,
             "data_root": (root.strip() or None) if dataset in ON_DISK else None, "download": download}
 
 
