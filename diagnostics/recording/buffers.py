@@ -68,6 +68,7 @@ class StepBuffer:
     current: Pass | None = None                        # the pass the next forward call belongs to
     grads: dict[str, list[Call]] = field(default_factory=lambda: defaultdict(list))
     act_grad_hist: dict[str, torch.Tensor] = field(default_factory=dict)
+    inputs: list[torch.Tensor] = field(default_factory=list)  # NaN/Inf counts of the model's input tensors
     #: leaf -> calls made under no_grad, waiting for a reentrant checkpoint to recompute them in backward
     nograd: dict[str, list[tuple[Pass, Call | None, int]]] = field(default_factory=lambda: defaultdict(list))
     forward_seq: int = 0

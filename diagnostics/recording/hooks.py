@@ -140,6 +140,9 @@ class Hooks:
         live = self.live
         if live.enabled and live.recording and graph_task_id() == -1:
             live.buffer.start_pass(rooted=True)
+            for x in args:                               # was the batch itself non-finite? (one pass over it)
+                if isinstance(x, torch.Tensor) and x.is_floating_point() and x.device.type != "meta":
+                    live.buffer.inputs.append((~torch.isfinite(local(x.detach()))).sum())
 
     def _after_model(self, module: nn.Module, args: Any, output: Any) -> None:
         live = self.live

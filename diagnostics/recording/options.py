@@ -15,7 +15,7 @@ from ..errors import MonitorError
 #: Step-table columns the monitor writes itself; a metric given to ``step()`` may not reuse these names.
 RESERVED_METRICS: frozenset[str] = frozenset({
     "run", "step", "time", "loss", "grad_norm_total", "grad_scale", "nonfinite_forward_layer",
-    "nonfinite_backward_layer", "optimizer_step", "activation_stats",
+    "nonfinite_backward_layer", "optimizer_step", "activation_stats", "input_nonfinite", "loss_nonfinite",
 })
 
 

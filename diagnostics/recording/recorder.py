@@ -112,6 +112,7 @@ class StepRecorder:
         step before, ride along), so every statistic is the global batch's and the full parameters'.
         """
         table, opts = self.table, self.options
+        had_loss = loss is not None
         acts, calls, first = buf.committed()
         grads = buf.grads
         transfer = Transfer()
@@ -136,15 +137,17 @@ class StepRecorder:
         metric_off = {k: transfer.add(v.detach().float().reshape(1)) for k, v in metrics.items()
                       if isinstance(v, torch.Tensor)}
         block_off = queue_blocks(transfer, blocks[0]) if blocks is not None else None
+        input_off = [transfer.add(t) for t in buf.inputs]
 
         host = transfer.fetch()                                   # the one host transfer of this step
 
         local_nonfinite = self._local_nonfinite(param_off, host)
+        bad_inputs = float(sum(host[o] for o in input_off)) if input_off else math.nan
         world = world_size(self.group) if opts.distributed else 1
         if world > 1:
             local_loss = host[loss_off] if loss_off is not None else (math.nan if loss is None else _number(loss))
-            loss, act_off, grad_off = self._combine(host, act_off, grad_off, param_off, local_nonfinite,
-                                                    local_loss, previous, world)
+            loss, bad_inputs, act_off, grad_off = self._combine(host, act_off, grad_off, param_off, local_nonfinite,
+                                                                local_loss, bad_inputs, previous, world)
             loss_off = None
         grad_sums, norms = self._parameter_sums(param_off, host, weight_scale, local_nonfinite)
         params = Columns(ParamRecord)
@@ -208,7 +211,10 @@ class StepRecorder:
             "grad_scale": scale,
             "nonfinite_forward_layer": table.label(first_forward) if first_forward is not None else "",
             "nonfinite_backward_layer": table.label(first_backward) if first_backward is not None else "",
+            # Where a non-finite value came from: the batch itself, the loss, or (the columns above) a layer.
+            "input_nonfinite": bad_inputs,               # NaN/Inf in the model's input tensors (NaN: not seen)
         }
+        steps["loss_nonfinite"] = not math.isfinite(steps["loss"]) if had_loss else None
         for key, value in metrics.items():
             steps[key] = host[metric_off[key]] if key in metric_off else _number(value)
 
@@ -253,8 +259,9 @@ class StepRecorder:
 
     def _combine(self, host: np.ndarray, act_off: dict[str, list[tuple[Call, int, int]]],
                  grad_off: dict[str, list[tuple[Call, int, int]]], param_off: Mapping[str, ParamSums],
-                 nonfinite: dict[str, int], loss: float, previous: OpenStep | None,
-                 world: int) -> tuple[float, dict[str, list[tuple[Call, int, int]]], dict[str, list[tuple[Call, int, int]]]]:
+                 nonfinite: dict[str, int], loss: float, bad_inputs: float, previous: OpenStep | None,
+                 world: int) -> tuple[float, float, dict[str, list[tuple[Call, int, int]]],
+                                      dict[str, list[tuple[Call, int, int]]]]:
         """Combine this rank's numbers with every other rank's, in place in ``host`` (two collectives).
 
         Each rank's loss averages only its local batch, so a local output gradient is ``W`` times the gradient
@@ -262,6 +269,7 @@ class StepRecorder:
         """
         ex = Exchange()
         at_loss = ex.add("loss", SUM, loss)
+        at_inputs = ex.add("inputs", SUM, bad_inputs)
         acts = {(n, i): ex.add(f"a:{n}:{i}", SUM, host[o], host[o + 1], host[o + 2], host[nf], c.numel)
                 for n in sorted(act_off) for i, (c, o, nf) in enumerate(act_off[n])}
         grads = {(n, i): (ex.add(f"g:{n}:{i}", SUM, host[o], host[o + 1], host[nf], c.numel),
@@ -303,7 +311,7 @@ class StepRecorder:
             previous.updates[name] = float(result[k])
         if previous is not None:
             previous.shard_updates = set()
-        return mean_loss(float(result[at_loss]), world), new_acts, new_grads
+        return mean_loss(float(result[at_loss]), world), float(result[at_inputs]), new_acts, new_grads
 
     def _block_depth(self, hooks: BlockHooks) -> dict[str, int]:
         """Blocks ranked by the depth of their first layer row (the order they ran)."""

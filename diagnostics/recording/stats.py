@@ -33,7 +33,7 @@ LAYER_COLUMNS: tuple[str, ...] = (
 #: Columns of the per-step table (metrics given to ``step()`` are added as extra columns).
 STEP_COLUMNS: tuple[str, ...] = (
     "run", "step", "time", "loss", "grad_norm_total", "grad_scale",
-    "nonfinite_forward_layer", "nonfinite_backward_layer",
+    "nonfinite_forward_layer", "nonfinite_backward_layer", "input_nonfinite", "loss_nonfinite",
 )
 
 #: Columns of the per-(step, parameter) table.

@@ -134,3 +134,18 @@ def test_sparse_embedding_outside_the_filters_does_not_break_the_step():
         model["head"](model["embed"](torch.tensor([1, 2, 3]))).sum().backward()
         mon.step()
     assert list(mon.frame()["layer"]) == ["head"]
+
+
+def test_the_step_says_whether_the_batch_or_the_loss_was_nonfinite():
+    model = nn.Sequential(nn.Linear(3, 2))
+    batches = [torch.randn(4, 3), torch.full((4, 3), float("nan")), torch.randn(4, 3)]
+    with dx.GradientMonitor(model, on_nonfinite="ignore") as mon:
+        for i, x in enumerate(batches):
+            out = model(x)
+            loss = torch.log(out.abs().sum() * 0) if i == 2 else out.sum()     # log(0): the loss alone
+            loss.backward()
+            mon.step(loss=loss)
+            model.zero_grad()
+    steps = mon.step_frame()
+    assert steps["input_nonfinite"].tolist() == [0, 12, 0]
+    assert steps["loss_nonfinite"].tolist() == [False, True, True]
