@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +15,7 @@ from torch import nn
 
 from ..errors import CheckpointError, ModelConfigError
 from ..experiments.models import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, CNN, CNNConfig, build_cnn
+from .budget import budget_bytes, megabytes, over_budget
 from .loading import DEFAULT_MAX_BYTES, Checkpoint, read_source, safe_torch_load
 
 #: torchvision classification families recognised from key names and shapes, with the keys that mark them.
@@ -121,6 +123,7 @@ def rebuild(ckpt: Checkpoint) -> BuiltModel:
             config = CNNConfig.from_dict(dict(ckpt.architecture))
         except (TypeError, ModelConfigError) as exc:
             raise CheckpointError(f"{ckpt.source}: the recorded architecture is invalid ({exc})") from None
+        check_config(config, ckpt.state_dict, ckpt.source)
         model = build_cnn(config)
         _load(model, ckpt)
         shape = (config.in_channels,) + (config.input_size,) * config.dims
@@ -144,6 +147,34 @@ def rebuild(ckpt: Checkpoint) -> BuiltModel:
     return BuiltModel(model, best.name, (3, 224, 224))  # torchvision's ImageNet size; a probe may use less
 
 
+def check_config(config: CNNConfig, state: dict[str, Any], name: str, budget: int | None = None) -> None:
+    """Refuse a config whose model would not fit the budget or the file's own tensors, before it is built.
+
+    The model is built on the meta device (shapes only, no memory); its parameter count is checked against
+    the budget and every shape against the file's tensors, so a config asking for width 4096 beside tiny
+    weights is refused without allocating anything.
+
+    Raises:
+        CheckpointError: Over the budget (how many parameters, how many MB), or shapes that differ.
+    """
+    with torch.device("meta"):
+        expected = {k: (tuple(v.shape), v.numel() * v.element_size()) for k, v in CNN(config).state_dict().items()}
+    cost = sum(nbytes for _, nbytes in expected.values())
+    budget = budget_bytes(budget)
+    if cost > budget:
+        count = sum(math.prod(shape) for shape, _ in expected.values())
+        raise over_budget(name, f"the model its config asks for ({count:,} parameters and buffers, depth "
+                                f"{config.depth}, width {config.width})", cost, budget)
+    got = {k: tuple(v.shape) for k, v in state.items() if hasattr(v, "shape")}
+    differ = sorted(k for k in expected.keys() | got.keys() if expected.get(k, (None,))[0] != got.get(k))
+    if differ:
+        key = differ[0]
+        raise CheckpointError(
+            f"{name}: the recorded architecture does not fit the file's weights ({len(differ)} tensors differ; "
+            f"{key!r}: the config asks for {expected.get(key, ('none',))[0]}, the file holds {got.get(key, 'none')}"
+            f"; the config's model would take {megabytes(cost)}). Nothing was built.")
+
+
 def _load(model: nn.Module, ckpt: Checkpoint) -> None:
     try:
         model.load_state_dict(ckpt.state_dict, strict=True)
@@ -151,17 +182,41 @@ def _load(model: nn.Module, ckpt: Checkpoint) -> None:
         raise CheckpointError(f"{ckpt.source}: the weights do not fit the architecture ({str(exc)[:500]})") from None
 
 
+#: Elements of a tensor converted to float64 at a time by :func:`weight_summary` (32 MB).
+SUMMARY_CHUNK = 2**20
+
+
+def _chunks(t: torch.Tensor) -> list[torch.Tensor]:
+    """``t`` as views along its first dimension of at most about :data:`SUMMARY_CHUNK` elements each; a
+    stride-0 (``expand``) view stays a view, so no chunk costs more than its own size once made dense."""
+    if t.dim() == 0:
+        return [t.reshape(1)]
+    rows = max(1, SUMMARY_CHUNK // max(1, t[0].numel()))
+    return list(t.split(rows)) if t[0].numel() <= SUMMARY_CHUNK else [c for r in t for c in _chunks(r)]
+
+
 def weight_summary(state: dict[str, torch.Tensor]) -> pd.DataFrame:
-    """Per-parameter weight statistics from the weights alone (no architecture needed)."""
+    """Per-parameter weight statistics from the weights alone (no architecture needed).
+
+    Each tensor is reduced in chunks (:data:`SUMMARY_CHUNK` elements in float64 at a time), so the summary
+    of a tensor never costs a float64 copy of it.
+    """
     rows = []
     for i, (name, t) in enumerate(state.items()):
         if not t.is_floating_point() or t.numel() == 0:
             continue
-        x = t.detach().double()
+        sq = ab = peak = 0.0
+        nonfinite = 0
+        for chunk in _chunks(t.detach()):
+            x = chunk.double()
+            sq += float(x.square().sum())
+            ab += float(x.abs().sum())
+            peak = max(peak, float(x.abs().max()))
+            nonfinite += int((~torch.isfinite(x)).sum())
         layer, _, attr = name.rpartition(".")
         rows.append({"order": i, "param": name, "layer": layer, "kind": attr, "shape": "x".join(map(str, t.shape)),
-                     "numel": t.numel(), "norm": float(x.norm()), "mean_abs": float(x.abs().mean()),
-                     "max_abs": float(x.abs().max()), "nonfinite": int((~torch.isfinite(x)).sum())})
+                     "numel": t.numel(), "norm": math.sqrt(sq), "mean_abs": ab / t.numel(), "max_abs": peak,
+                     "nonfinite": nonfinite})
     return pd.DataFrame(rows)
 
 
@@ -236,6 +291,8 @@ def load_project_checkpoint(path: str | os.PathLike[str]) -> LoadedCNN:
         config = CNNConfig.from_dict(dict(payload["config"]))
     except (KeyError, TypeError, ModelConfigError) as exc:
         raise CheckpointError(f"{path}: the recorded architecture is invalid ({exc})") from None
+    state = payload.get("state_dict")
+    check_config(config, state if isinstance(state, dict) else {}, str(path))
     model = build_cnn(config)
     try:
         model.load_state_dict(payload["state_dict"], strict=True)

@@ -29,9 +29,14 @@ from torch import nn
 
 from ..errors import CheckpointError
 from ..experiments.models import CHECKPOINT_FORMAT
+from .budget import (MAX_TENSORS, PICKLE_EXPANSION, budget_bytes, check_dense_cost, check_zip_members,
+                     megabytes, over_budget)
 
 #: Default largest file accepted (bytes); pass ``max_bytes`` to change it.
 DEFAULT_MAX_BYTES = 2 * 1024**3
+
+#: Largest safetensors header read (the official reader's limit); lower when the budget is small.
+MAX_SAFETENSORS_HEADER = 100_000_000
 
 #: Keys under which training checkpoints commonly keep the model's weights, in the order they are tried.
 STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "net", "network", "module", "weights")
@@ -129,35 +134,60 @@ def detect_format(data: bytes) -> str:
     return "unknown"
 
 
-def _load_safetensors(data: bytes, name: str) -> dict[str, torch.Tensor]:
-    """Read a safetensors file: an 8-byte header length, a JSON header, then raw little-endian arrays."""
+def _load_safetensors(data: bytes, name: str, budget: int) -> dict[str, torch.Tensor]:
+    """Read a safetensors file: an 8-byte header length, a JSON header, then raw little-endian arrays.
+
+    Like the official reader, every entry must lie inside the file and no two may overlap; the header and
+    the tensors together are checked against ``budget`` before any tensor is made. Each tensor is one copy
+    of its bytes.
+    """
     (header_len,) = struct.unpack("<Q", data[:8])
+    limit = min(MAX_SAFETENSORS_HEADER, budget // PICKLE_EXPANSION)
+    if header_len > limit:
+        raise over_budget(name, f"a safetensors header of {megabytes(header_len)}", header_len * PICKLE_EXPANSION,
+                          budget)
     try:
         header = json.loads(data[8:8 + header_len])
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{name}: the safetensors header is not valid JSON ({exc})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise CheckpointError(f"{name}: the safetensors header is not valid JSON ({type(exc).__name__})") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{name}: the safetensors header is not a JSON object")
+    if len(header) > MAX_TENSORS:
+        raise CheckpointError(f"{name} holds {len(header):,} tensors, more than {MAX_TENSORS:,}")
     base = 8 + header_len
-    tensors = {}
+    entries = []
     for key, info in header.items():
         if key == "__metadata__":
             continue
         try:
             dtype = _SAFETENSORS_DTYPES[info["dtype"]]
-            start, end = info["data_offsets"]
+            start, end = (int(v) for v in info["data_offsets"])
             shape = [int(s) for s in info["shape"]]
         except (KeyError, TypeError, ValueError) as exc:
             raise CheckpointError(f"{name}: tensor {key!r} has an invalid header entry ({exc})") from None
         if not 0 <= start <= end <= len(data) - base:
             raise CheckpointError(f"{name}: tensor {key!r} points outside the file (truncated?)")
-        raw = bytearray(data[base + start:base + end])
+        if any(s < 0 for s in shape) or math.prod(shape) * dtype.itemsize != end - start:
+            raise CheckpointError(f"{name}: tensor {key!r} has {end - start} bytes for shape {shape} of {dtype}")
+        entries.append((start, end, key, dtype, shape))
+    by_offset = sorted(entries, key=lambda e: (e[0], e[1]))
+    for (_, end, key, *_), (start, _, other, *_) in zip(by_offset, by_offset[1:]):
+        if start < end:
+            raise CheckpointError(f"{name}: tensors {key!r} and {other!r} overlap in the file; a safetensors file "
+                                  "stores each tensor once (the official reader refuses this too)")
+    total = sum(end - start for start, end, *_ in entries)
+    if total > budget:
+        raise over_budget(name, f"its {len(entries)} tensors", total, budget)
+    view = memoryview(data)
+    tensors = {}
+    for start, end, key, dtype, shape in entries:
+        raw = bytearray(view[base + start:base + end])
         flat = torch.frombuffer(raw, dtype=dtype) if raw else torch.empty(0, dtype=dtype)
-        if flat.numel() != math.prod(shape):
-            raise CheckpointError(f"{name}: tensor {key!r} has {flat.numel()} values for shape {shape}")
-        tensors[key] = flat.reshape(shape).clone()
+        tensors[key] = flat.reshape(shape)
     return tensors
 
 
-def safe_torch_load(data: bytes, name: str) -> Any:
+def safe_torch_load(data: bytes, name: str, budget: int | None = None) -> Any:
     """The library's only ``torch.load``: ``weights_only=True`` and the metadata allowlist, never anything looser.
 
     Every reader of a ``torch.save`` file (checkpoints, this project's CNN checkpoints, uploaded batches) goes
@@ -166,11 +196,23 @@ def safe_torch_load(data: bytes, name: str) -> Any:
     Args:
         data: The file's bytes.
         name: The file's name, for messages.
+        budget: Memory budget in bytes (default: :func:`~.budget.budget_bytes`). The zip's members are
+            checked against it before ``torch.load``, the loaded tensors made dense after it, before anything
+            copies them.
 
     Raises:
-        CheckpointError: The file cannot be loaded safely (a pickled model, unknown classes) or is corrupt;
-            the message says what to save instead.
+        CheckpointError: The file cannot be loaded safely (a pickled model, unknown classes), is corrupt, or
+            would need more memory than the budget; the message says what to save instead.
     """
+    budget = budget_bytes(budget)
+    if data[:4] == b"PK\x03\x04":
+        check_zip_members(data, name, budget)
+    obj = _torch_load(data, name)
+    check_dense_cost(obj, name, budget)
+    return obj
+
+
+def _torch_load(data: bytes, name: str) -> Any:
     try:
         with torch.serialization.safe_globals(SAFE_METADATA_GLOBALS):
             return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
@@ -232,27 +274,32 @@ def _plain(value: Any, depth: int = 0) -> Any:
         return [_plain(v, depth + 1) for v in list(value)[:50]]
     if isinstance(value, argparse.Namespace):
         return _plain(vars(value), depth + 1)
-    if isinstance(value, (str, int, float, bool)) or value is None:
+    if isinstance(value, str):
+        return value if len(value) <= 1000 else value[:1000] + f"... ({len(value):,} characters)"
+    if isinstance(value, (int, float, bool)) or value is None:
         return value
     return repr(value)[:200]
 
 
 def load_checkpoint(source: str | os.PathLike[str] | bytes | io.IOBase, *, max_bytes: int = DEFAULT_MAX_BYTES,
-                    allow_torchscript: bool = False) -> Checkpoint:
+                    allow_torchscript: bool = False, memory_budget: int | None = None) -> Checkpoint:
     """Load a checkpoint safely and find the model weights in it.
 
     Args:
         source: A path on this machine, the file's bytes, or a binary file object (e.g. an upload).
         max_bytes: Largest file accepted.
         allow_torchscript: Load TorchScript archives (this runs code from the file: only for trusted files).
+        memory_budget: Bytes the file may cost once loaded (default ``DIAGNOSTICS_MEMORY_BUDGET_MB``, see
+            :mod:`~diagnostics.checkpoints.budget`); checked before anything is materialised.
 
     Raises:
         CheckpointError: For every file that cannot be loaded safely, with what to do instead.
     """
     data, name = read_source(source, max_bytes)
+    budget = budget_bytes(memory_budget)
     kind = detect_format(data)
     if kind == "safetensors":
-        state = _load_safetensors(data, name)
+        state = _load_safetensors(data, name, budget)
         state, prefix = _strip_prefix(state)
         return Checkpoint("safetensors", state, {}, None, prefix, name)
     if kind == "torchscript":
@@ -268,7 +315,7 @@ def load_checkpoint(source: str | os.PathLike[str] | bytes | io.IOBase, *, max_b
         hint = "a bare pickle, which is never unpickled here" if kind == "pickle" else "not a format we know"
         raise CheckpointError(f"{name} is {hint}. Supported: torch.save files (a state_dict or a training "
                               "checkpoint holding one) and safetensors files.")
-    obj = safe_torch_load(data, name)
+    obj = safe_torch_load(data, name, budget)
     return _interpret(obj, name)
 
 

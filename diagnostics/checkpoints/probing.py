@@ -14,11 +14,15 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, ProbeError
+from .budget import budget_bytes
 from .loading import safe_torch_load
 from ..recording import GradientMonitor
 from ..store import RunStore
 
 LOSSES = ("cross_entropy", "sum_of_squares")
+#: A probe batch may cost this fraction of the memory budget made dense: the model's activations on it take
+#: several times its size.
+BATCH_BUDGET_SHARE = 1 / 8
 
 
 @dataclass
@@ -66,7 +70,7 @@ def load_batch_file(source: str | os.PathLike[str] | bytes, max_bytes: int = 512
     if len(data) > max_bytes:
         raise ProbeError(f"the batch file is over {max_bytes / 2**20:.0f} MB")
     try:
-        obj = safe_torch_load(data, "the batch file")
+        obj = safe_torch_load(data, "the batch file", int(budget_bytes() * BATCH_BUDGET_SHARE))
     except CheckpointError as exc:
         raise ProbeError(f"the batch file could not be loaded safely ({exc}); save it with "
                          "torch.save({'x': inputs, 'y': labels}, path)") from None
