@@ -25,6 +25,7 @@ from ..recording.stats import BLOCK_COLUMNS, HIST_COLUMNS, LAYER_COLUMNS, PARAM_
 from .layout import (ANNOTATIONS_FILE, KERNELS_DIR, META_FILE, RUN_ID_RE, SCHEMA_VERSION, TABLES, and_filters,
                      compact_table, new_run_id, pid_alive, read_table, snapshot_name, snapshot_step, steps_filter,
                      write_json_atomic)
+from .metadata import read_json, validate_meta
 from .writer import RunWriter
 
 
@@ -109,24 +110,27 @@ class RunStore:
     def _meta_of(self, run_dir: Path) -> dict[str, Any]:
         meta_path = run_dir / META_FILE
         try:
-            meta = json.loads(meta_path.read_text())
+            meta = read_json(meta_path)
         except FileNotFoundError:
             raise StoreError("it has no meta.json (not a run, or a run deleted while being read)") from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except OSError as exc:
             raise StoreError(f"its meta.json is unreadable ({exc})") from None
         if not isinstance(meta, dict) or meta.get("run") != run_dir.name:
             raise StoreError("its meta.json does not describe this directory")
+        validate_meta(meta)
         if int(meta.get("schema_version", 0)) > SCHEMA_VERSION:
             raise StoreError(f"it was written by a newer version (schema {meta['schema_version']}); "
                              "upgrade gradient-flow-diagnostics to read it")
         annotations = run_dir / ANNOTATIONS_FILE
         if annotations.is_file():
             try:
-                extra = json.loads(annotations.read_text())
+                extra = read_json(annotations)
                 if isinstance(extra, dict):
-                    meta.update({k: extra[k] for k in ("name", "tags", "notes") if k in extra})
-            except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-                warnings.warn(f"run {run_dir.name}: annotations.json is unreadable and was ignored",
+                    extra = {k: extra[k] for k in ("name", "tags", "notes") if k in extra}
+                    validate_meta(extra, ANNOTATIONS_FILE)
+                    meta.update(extra)
+            except (OSError, StoreError):
+                warnings.warn(f"run {run_dir.name}: annotations.json is unreadable or invalid and was ignored",
                               RuntimeWarning, stacklevel=3)
         meta["status"] = self._status(meta)
         return meta
