@@ -28,10 +28,12 @@ PRESETS: dict[str, Preset] = {
         "network stalled on ImageNet, with He's it converged. At step 0 each ReLU layer scales the backward "
         "signal by 1/√2 more under Xavier than under He, so the first/last **output**-gradient ratio is about "
         "(1/√2)^29 ≈ 4e-5 times smaller; the per-block gain shows the factor layer by layer. The weight-gradient "
-        "ratio does not show it: the forward activations shrink by the same factor.",
+        "ratio does not show it: the forward activations shrink by the same factor. Measured at these settings "
+        "(digits, SGD lr 0.002, momentum 0.9, 300 steps), seeds 0–4: Xavier stayed at chance (10 %, loss 2.30) "
+        "every time; He learned every time (34–95 % held-out accuracy).",
         {"variants": {"plain · Xavier": {"variant": "plain", "init": "xavier"},
                       "plain · He": {"variant": "plain", "init": "he"}},
-         "depth": 30, "steps": 300, "activation": "relu", "dataset": "digits", "lr": 0.01}),
+         "depth": 30, "steps": 300, "activation": "relu", "dataset": "digits", "lr": 0.002}),
     "activations": Preset(
         "Sigmoid and tanh vs ReLU in a deep plain network",
         "A 20-layer plain network with each activation, each with He's fan-in initialisation and PyTorch's gain "
