@@ -113,19 +113,15 @@ def compare_view(data: ComparisonData, stat: str = "weight_grad_norm", steps: Se
                                       title="First / last conv layer gradient ratio", band=HEALTHY_BAND),
     }
     figs["accuracy"].update_yaxes(range=[0, 100])
-    notes = []
     blocks = {v: data.blocks[data.blocks["variant"] == v] if not data.blocks.empty else data.blocks for v in variants}
     profiles = gain_profiles(blocks)
-    if profiles:
+    if profiles:                                        # runs without a blocks table get a note instead
         figs["gain"] = gain_figure(profiles, colors, names)
         figs["cumulative"] = cumulative_figure(profiles, colors, names)
-    note = missing_note([v for v in variants if blocks[v].empty], names)
-    notes += [note] if note else []
     per_run = run_ratios(data)
     if is_sweep(per_run):
         figs["sweep"] = sweep_figure(per_run)
-    reading = init_reading(per_run)
-    notes = ([reading] if reading else []) + notes
+    notes = [n for n in (init_reading(per_run), missing_note([v for v in variants if blocks[v].empty], names)) if n]
     return CompareView(summary, describe(summary, num_classes), figs, ratio_frame(data), recorded, per_run, notes)
 
 
