@@ -12,6 +12,7 @@ import diagnostics as dx
 from diagnostics.checkpoints.architecture import Recognition, recognise
 from diagnostics.checkpoints.loading import load_checkpoint
 from diagnostics.views.checkpoint import ProbeView, weights_view
+from diagnostics.views.text import markdown_text, mask_secrets
 
 
 @st.cache_resource(show_spinner="Loading the checkpoint safely…", max_entries=8)
@@ -55,7 +56,7 @@ def show_recognition(ckpt: dx.Checkpoint, rec: Recognition) -> None:
         st.caption(f"Removed the key prefix `{ckpt.stripped_prefix}` (DDP / Lightning wrappers).")
     if rec.metadata:
         with st.expander("Metadata saved with the weights"):
-            st.json(rec.metadata, expanded=False)
+            st.json(mask_secrets(rec.metadata), expanded=False)        # *key*, *token*, ... hidden
     view = weights_view(ckpt, rec)
     if view.layers is not None:
         with st.expander(f"Layers ({len(view.layers)})"):
@@ -72,7 +73,7 @@ def show_probes(results: dict[str, dx.ProbeResult], view: ProbeView) -> None:
     """Gradient vs depth of every probed checkpoint on one chart, then each one's kernels and layer checks."""
     st.plotly_chart(view.depth, key="ckpt_depth")
     for name, result in results.items():
-        st.markdown(f"#### {name}")
+        st.markdown(f"#### {markdown_text(name)}")
         if result.synthetic:
             st.warning(f"Probed on **synthetic** data: {result.batch_source}. Gradients show the architecture and "
                        "weights, not your data; upload a batch for real inputs.")

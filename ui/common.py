@@ -11,6 +11,7 @@ import pandas as pd
 import streamlit as st
 
 import diagnostics as dx
+from diagnostics.views.text import one_line
 
 DEFAULT_STORE = os.environ.get("GFD_STORE", "runs")
 
@@ -148,7 +149,7 @@ class StreamlitLoader:
 def run_labels(runs: pd.DataFrame) -> dict[str, str]:
     """Run id -> the label shown in pickers and legends (its name, with the id when names repeat)."""
     counts = runs["name"].value_counts()
-    return {r.run: (r.name if counts[r.name] == 1 else f"{r.name} ({r.run[-4:]})") for r in runs.itertuples()}
+    return {r.run: one_line(r.name if counts[r.name] == 1 else f"{r.name} ({r.run[-4:]})") for r in runs.itertuples()}
 
 
 def pick_runs(runs: pd.DataFrame, key: str, multi: bool = True, label: str = "Runs",

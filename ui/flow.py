@@ -8,6 +8,7 @@ import diagnostics as dx
 from diagnostics.views.diagnosis import Thresholds
 from diagnostics.views.export import table_bytes, tensorboard_zip
 from diagnostics.views.gradient_flow import FlowView, flow_report
+from diagnostics.views.text import markdown_text
 
 SEVERITY = {"error": st.error, "warning": st.warning, "info": st.info}
 
@@ -34,7 +35,7 @@ def show_findings(view: FlowView, names: dict[str, str]) -> None:
     """One box per finding, most severe first; a success box for runs without findings."""
     for run, findings in view.findings.items():
         if not findings:
-            st.success(f"{names.get(run, run)}: no problems found with the current thresholds.")
+            st.success(f"{markdown_text(names.get(run, run))}: no problems found with the current thresholds.")
         for finding in findings:
             SEVERITY.get(finding.severity, st.info)(finding.message)
 
@@ -52,7 +53,7 @@ def export_section(view: FlowView, root: str, runs: list[str], names: dict[str, 
         c2.download_button(f"Download {name}", payload, name, mime, width="stretch")
     run = runs[0]
     store = dx.RunStore(root)
-    if c3.button(f"Prepare TensorBoard export of {names.get(run, run)}", width="stretch"):
+    if c3.button(f"Prepare TensorBoard export of {markdown_text(names.get(run, run))}", width="stretch"):
         st.session_state["tb_zip"] = (run, tensorboard_zip(store, run))
     if c4.button("Prepare HTML report", width="stretch"):
         st.session_state["html_report"] = (run, flow_report(view, store, runs, names, stat).encode())

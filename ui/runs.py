@@ -6,6 +6,7 @@ import pandas as pd
 import streamlit as st
 
 import diagnostics as dx
+from diagnostics.views.text import markdown_text
 
 from .common import run_labels, store_root
 
@@ -47,7 +48,7 @@ def manage_run(runs: pd.DataFrame) -> None:
         except dx.DiagnosticsError as exc:
             st.error(str(exc))
     running = meta["status"] == "running"
-    confirm = st.checkbox(f"Yes, delete run '{meta['name']}' and all its data", key=f"confirm_{run}",
+    confirm = st.checkbox(f"Yes, delete run '{markdown_text(meta['name'])}' and all its data", key=f"confirm_{run}",
                           disabled=running, help="A run that is still being written cannot be deleted.")
     if st.button("Delete run", type="primary", disabled=not confirm or running, key=f"delete_{run}"):
         try:

@@ -23,6 +23,11 @@ MAX_DEPTH = 16
 MAX_NAME_CHARS = 1000
 MAX_NOTES_CHARS = 100_000
 MAX_TAGS = 200
+#: Limits when a name, tags or notes are saved from the dashboard or the API (stricter than what is read).
+SAVE_NAME_CHARS = 200
+SAVE_TAG_CHARS = 100
+SAVE_TAGS = 50
+SAVE_NOTES_CHARS = 10_000
 
 
 def _int(v: Any) -> bool:

@@ -25,7 +25,7 @@ from ..recording.stats import BLOCK_COLUMNS, HIST_COLUMNS, LAYER_COLUMNS, PARAM_
 from .layout import (ANNOTATIONS_FILE, KERNELS_DIR, META_FILE, RUN_ID_RE, SCHEMA_VERSION, TABLES, and_filters,
                      compact_table, new_run_id, pid_alive, read_table, snapshot_name, snapshot_step, steps_filter,
                      write_json_atomic)
-from .metadata import read_json, validate_meta
+from .metadata import SAVE_NAME_CHARS, SAVE_NOTES_CHARS, SAVE_TAG_CHARS, SAVE_TAGS, read_json, validate_meta
 from .writer import RunWriter
 
 
@@ -336,17 +336,28 @@ class RunStore:
         write_json_atomic(path, current)
 
     def rename(self, run_id: str, name: str) -> None:
-        """Change a run's display name (the id stays; safe while the run is being written)."""
+        """Change a run's display name (the id stays; safe while the run is being written).
+
+        Raises:
+            StoreError: The name is empty or longer than :data:`~.metadata.SAVE_NAME_CHARS` characters.
+        """
         if not name.strip():
             raise StoreError("a run name cannot be empty")
+        if len(name.strip()) > SAVE_NAME_CHARS:
+            raise StoreError(f"a run name may have at most {SAVE_NAME_CHARS} characters, not {len(name.strip()):,}")
         self._annotate(run_id, name=name.strip())
 
     def set_tags(self, run_id: str, tags: Iterable[str]) -> None:
-        """Replace a run's tags."""
-        self._annotate(run_id, tags=sorted({t.strip() for t in tags if t.strip()}))
+        """Replace a run's tags (at most :data:`~.metadata.SAVE_TAGS`, each at most ``SAVE_TAG_CHARS`` long)."""
+        kept = sorted({t.strip() for t in tags if t.strip()})
+        if len(kept) > SAVE_TAGS or any(len(t) > SAVE_TAG_CHARS for t in kept):
+            raise StoreError(f"a run may have at most {SAVE_TAGS} tags of at most {SAVE_TAG_CHARS} characters each")
+        self._annotate(run_id, tags=kept)
 
     def set_notes(self, run_id: str, notes: str) -> None:
-        """Replace a run's free-text notes."""
+        """Replace a run's free-text notes (at most :data:`~.metadata.SAVE_NOTES_CHARS` characters)."""
+        if len(notes) > SAVE_NOTES_CHARS:
+            raise StoreError(f"notes may have at most {SAVE_NOTES_CHARS:,} characters, not {len(notes):,}")
         self._annotate(run_id, notes=notes)
 
     def delete(self, run_id: str, force: bool = False) -> None:

@@ -13,6 +13,7 @@ import pandas as pd
 
 from ..errors import StoreError
 from ..store import RunStore
+from .text import csv_safe
 
 FORMATS = ("csv", "parquet", "tensorboard")
 
@@ -34,7 +35,7 @@ def tensorboard_zip(store: RunStore, run_id: str) -> bytes:
 def table_bytes(frame: pd.DataFrame, fmt: str) -> bytes:
     """A table as the bytes of a ``csv`` or ``parquet`` file (for a download button)."""
     if fmt == "csv":
-        return frame.to_csv(index=False).encode()
+        return csv_safe(frame).to_csv(index=False).encode()   # text cells never become spreadsheet formulas
     if fmt == "parquet":
         buf = io.BytesIO()
         frame.to_parquet(buf, index=False)
@@ -68,7 +69,7 @@ def export_run(store: RunStore, run_id: str, fmt: str, out: str | Path | None = 
     for name, frame in tables.items():
         path = out_dir / f"{name}.{fmt}"
         if fmt == "csv":
-            frame.to_csv(path, index=False)
+            csv_safe(frame).to_csv(path, index=False)
         else:
             frame.to_parquet(path, index=False)
         written.append(path)

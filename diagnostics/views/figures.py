@@ -17,6 +17,7 @@ from plotly.subplots import make_subplots
 
 from ..recording.stats import STAT_LABELS
 from .matrices import Bucketed
+from .text import plotly_text
 
 #: Okabe–Ito colours (distinguishable with the common colour-vision deficiencies), black replaced by grey so
 #: that lines read on the dark theme too. The only palette of the library.
@@ -96,7 +97,7 @@ def depth_figure(profiles: Sequence[pd.DataFrame], stat: str, log: bool, colors:
         profile = profile[np.isfinite(profile["value"].to_numpy(dtype=float))]    # layers without the statistic
         fig.add_trace(go.Scatter(
             x=profile["depth"], y=profile["value"], mode="lines+markers",
-            name=f"{(names or {}).get(run, run)} · step {step}", legendgroup=run,
+            name=f"{plotly_text((names or {}).get(run, run))} · step {step}", legendgroup=run,
             line={"color": colors.get(run, PALETTE[0]), "dash": DASHES[k % len(DASHES)], "width": 2},
             marker={"size": 5}, customdata=np.stack([profile["layer"], profile["type"]], axis=1),
             hovertemplate="layer %{customdata[0]} (%{customdata[1]})<br>depth %{x}<br>"
@@ -113,14 +114,14 @@ def heatmap_figure(series: Bucketed, name: str | None = None) -> go.Figure:
         series: The layers to draw (rows, forward order) from :func:`~.matrices.matrix_rows`.
         name: The run's display name.
     """
-    title = f"{label(series.stat)} per layer and step — {name or series.run}"
+    title = f"{label(series.stat)} per layer and step — {plotly_text(name or series.run)}"
     if series.empty or not np.isfinite(series.mean).any():
         return _empty(title, "Nothing recorded for this statistic (e.g. no layer has weights).")
     with np.errstate(divide="ignore", invalid="ignore"):
         z = np.log10(np.where(series.mean > 0, series.mean, np.nan)).astype(np.float32)   # (R, B)
     span = np.stack([series.first_step, series.last_step], axis=1)                         # (B, 2)
     fig = go.Figure(go.Heatmap(
-        z=z, x=series.first_step, y=list(series.rows), colorscale=SEQUENTIAL,
+        z=z, x=series.first_step, y=[plotly_text(r) for r in series.rows], colorscale=SEQUENTIAL,
         colorbar={"title": {"text": "log10"}},
         customdata=np.broadcast_to(span, (len(series.rows), *span.shape)),
         hovertemplate="layer %{y}<br>steps %{customdata[0]}–%{customdata[1]}<br>log10 value %{z:.2f}"
@@ -135,7 +136,7 @@ def heatmap_figure(series: Bucketed, name: str | None = None) -> go.Figure:
 
 def trends_figure(series: Bucketed, log: bool, name: str | None = None) -> go.Figure:
     """Chosen layers over steps: bucket mean as a line, bucket min–max as a band."""
-    title = f"{label(series.stat)} over steps — {name or series.run}"
+    title = f"{label(series.stat)} over steps — {plotly_text(name or series.run)}"
     if series.empty:
         return _empty(title, "Pick one or more layers.")
     fig = go.Figure()
@@ -147,7 +148,7 @@ def trends_figure(series: Bucketed, log: bool, name: str | None = None) -> go.Fi
                                      y=np.concatenate([series.max[k], series.min[k][::-1]]),
                                      fill="toself", fillcolor=color, opacity=0.2, line={"width": 0},
                                      hoverinfo="skip", showlegend=False))
-        fig.add_trace(go.Scatter(x=x, y=series.mean[k], mode="lines", name=layer, line={"color": color},
+        fig.add_trace(go.Scatter(x=x, y=series.mean[k], mode="lines", name=plotly_text(layer), line={"color": color},
                                  hovertemplate=f"{layer}<br>step %{{x}}<br>%{{y:.3g}}<extra></extra>"))
     fig.update_layout(title=title, xaxis_title="training step",
                       yaxis_title=label(series.stat) + (" (log scale)" if log else ""),
@@ -178,7 +179,7 @@ def ratio_figure(ratios: Sequence[Bucketed], colors: Mapping[str, str], names: M
         if series.empty:
             continue
         fig.add_trace(go.Scatter(
-            x=series.first_step, y=series.mean[0], mode="lines", name=names.get(series.run, series.run),
+            x=series.first_step, y=series.mean[0], mode="lines", name=plotly_text(names.get(series.run, series.run)),
             line={"color": colors.get(series.run, PALETTE[0])},
             hovertemplate=f"{series.rows[0]}<br>step %{{x}}<br>ratio %{{y:.3g}}<extra></extra>"))
     if not fig.data:
@@ -213,7 +214,7 @@ def curves_figure(series: Mapping[str, Bucketed], row: str, colors: Mapping[str,
         y = s.mean[s.rows.index(row)]
         keep = np.isfinite(y)
         fig.add_trace(go.Scatter(x=s.first_step[keep], y=scale * y[keep], mode="lines+markers" if markers else "lines",
-                                 name=names.get(run, run), line={"color": colors.get(run, PALETTE[0])},
+                                 name=plotly_text(names.get(run, run)), line={"color": colors.get(run, PALETTE[0])},
                                  hovertemplate=f"{row}<br>step %{{x}}<br>%{{y:.4g}}<extra></extra>"))
     fig.update_layout(title=title, xaxis_title="training step", yaxis_title=y_title,
                       legend={"orientation": "h", "y": -0.25}, hovermode="x unified")
@@ -230,7 +231,7 @@ def loss_and_norm_figure(series: Mapping[str, Bucketed], colors: Mapping[str, st
             if column not in s.rows or s.empty:
                 continue
             fig.add_trace(go.Scatter(x=s.first_step, y=s.mean[s.rows.index(column)], mode="lines",
-                                     name=names.get(run, run), legendgroup=run, showlegend=row == 1,
+                                     name=plotly_text(names.get(run, run)), legendgroup=run, showlegend=row == 1,
                                      line={"color": colors.get(run, PALETTE[0])},
                                      hovertemplate=f"{column}<br>step %{{x}}<br>%{{y:.4g}}<extra></extra>"),
                           row=row, col=1)
@@ -258,7 +259,7 @@ def histogram_figure(hists: Sequence[Bucketed], names: Mapping[str, str], layer:
     if not hists:
         return _empty(title, "No histograms recorded for this layer. Record with histogram_every=N.")
     fig = make_subplots(rows=len(hists), cols=1, shared_xaxes=True, vertical_spacing=0.06,
-                        subplot_titles=[names.get(h.run, h.run) for h in hists])
+                        subplot_titles=[plotly_text(names.get(h.run, h.run)) for h in hists])
     for i, h in enumerate(hists, start=1):
         z = np.log10(1 + h.mean).astype(np.float32)
         fig.add_trace(go.Heatmap(z=z, x=h.first_step, y=list(h.rows), colorscale=SEQUENTIAL, showscale=i == 1,
@@ -267,7 +268,8 @@ def histogram_figure(hists: Sequence[Bucketed], names: Mapping[str, str], layer:
                                                "<extra></extra>"), row=i, col=1)
         fig.update_yaxes(title_text="log10|g|", type="category", row=i, col=1)
     fig.update_xaxes(title_text="training step", row=len(hists), col=1)
-    fig.update_layout(title=f"{title} — layer {layer} ({kind.replace('_', ' ')})", height=320 * len(hists) + 120)
+    fig.update_layout(title=f"{title} — layer {plotly_text(layer)} ({kind.replace('_', ' ')})",
+                      height=320 * len(hists) + 120)
     return fig
 
 
@@ -283,7 +285,7 @@ def quantile_figure(quantiles: Sequence[pd.DataFrame], colors: Mapping[str, str]
         fig.add_trace(go.Scatter(x=np.concatenate([q["step"], q["step"][::-1]]),
                                  y=np.concatenate([q["q95"], q["q05"][::-1]]), fill="toself", fillcolor=color,
                                  opacity=0.2, line={"width": 0}, hoverinfo="skip", showlegend=False))
-        fig.add_trace(go.Scatter(x=q["step"], y=q["q50"], mode="lines", name=names.get(run, run),
+        fig.add_trace(go.Scatter(x=q["step"], y=q["q50"], mode="lines", name=plotly_text(names.get(run, run)),
                                  line={"color": color},
                                  customdata=np.stack([q["q05"], q["q95"], q["zeros"], q["nonfinite"]], axis=1),
                                  hovertemplate="step %{x}<br>median log10|g| %{y:.2f}<br>5–95 %: %{customdata[0]:.2f}"

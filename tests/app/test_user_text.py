@@ -1,0 +1,50 @@
+"""A run named with Markdown, HTML and newlines shows as those characters on the pages, never as markup."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from tests.recorded import make_store
+
+APP = str(Path(__file__).resolve().parents[2] / "app.py")
+EVIL = '![x](http://host/p.png) [Re-login](https://evil.example/)\n# Heading <a href="https://evil.example/">click</a>'
+
+
+@pytest.fixture(scope="module")
+def evil(tmp_path_factory):
+    store, runs = make_store(tmp_path_factory.mktemp("store") / "runs")
+    store.rename(runs["plain"], EVIL)
+    return store, runs
+
+
+def open_page(root: Path, page: str | None, selected: list[str]) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.session_state["store_root"] = str(root)
+    at.session_state["selected_runs"] = selected
+    at.run()
+    if page:
+        at.switch_page(page).run()
+    assert not at.exception, at.exception
+    return at
+
+
+def test_the_runs_page_shows_the_name_as_text_in_labels(evil):
+    store, runs = evil
+    at = open_page(store.root, None, [runs["plain"]])
+    label = next(c.label for c in at.checkbox if c.label.startswith("Yes, delete run"))
+    assert "\n" not in label and "\\[Re\\-login\\]\\(https\\://evil\\.example/\\)" in label
+    assert "\\<a href" in label and "\\!\\[x\\]" in label
+
+
+def test_the_gradient_flow_page_keeps_the_name_out_of_markup(evil):
+    store, runs = evil
+    at = open_page(store.root, "pages/gradient_flow.py", [runs["plain"], runs["bn"]])
+    specs = [chart.proto.spec for chart in at.get("plotly_chart")]
+    assert specs and any("&lt;a href=" in s for s in specs)              # the name is drawn, escaped
+    assert not any('<a href=\\"https://evil' in s or "<a href=\"https://evil" in s for s in specs)
+    labels = [b.label for b in at.button if b.label.startswith("Prepare TensorBoard")]
+    assert len(labels) == 1 and "\n" not in labels[0] and "\\[Re\\-login\\]" in labels[0]
+    assert any(m.value.startswith("\\!\\[x\\]") for m in at.success)       # "no problems found" names it
