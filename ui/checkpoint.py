@@ -39,9 +39,9 @@ def load_sources(files: list, path: str) -> list[tuple[dx.Checkpoint, Recognitio
         try:
             loaded.append(_load(name, key, data, file_path))
         except dx.CheckpointError as exc:
-            st.error(f"Could not load it: {exc}")         # the message starts with the file's name
+            st.error(f"Could not load it: {markdown_text(exc, 2000)}")   # starts with the file's name, as text
         except OSError as exc:
-            st.error(f"**{name}** could not be read: {exc}")
+            st.error(f"**{markdown_text(name)}** could not be read: {markdown_text(exc, 2000)}")
     return loaded
 
 
@@ -62,7 +62,7 @@ def show_recognition(ckpt: dx.Checkpoint, rec: Recognition) -> None:
         with st.expander(f"Layers ({len(view.layers)})"):
             st.dataframe(view.layers, hide_index=True, width="stretch")
         return
-    st.warning(rec.problem)
+    st.warning(markdown_text(rec.problem, 2000))
     st.dataframe(view.summary, hide_index=True, width="stretch")
     if view.kernels:
         layer = st.selectbox("Conv weights", list(view.kernels), key=f"ckpt_wk_{ckpt.source}")

@@ -48,3 +48,28 @@ def test_the_gradient_flow_page_keeps_the_name_out_of_markup(evil):
     labels = [b.label for b in at.button if b.label.startswith("Prepare TensorBoard")]
     assert len(labels) == 1 and "\n" not in labels[0] and "\\[Re\\-login\\]" in labels[0]
     assert any(m.value.startswith("\\!\\[x\\]") for m in at.success)       # "no problems found" names it
+
+
+def test_the_checkpoint_page_shows_file_names_as_text_and_hides_secret_metadata(tmp_path):
+    import io
+
+    import torch
+
+    at = AppTest.from_file(APP, default_timeout=180)
+    at.session_state["store_root"] = str(tmp_path / "runs")
+    at.run()
+    at.switch_page("pages/checkpoint.py").run()
+    buf = io.BytesIO()
+    torch.save({"state_dict": {"w.weight": torch.randn(3, 2)}, "wandb_api_key": "abc123",
+                "config": {"db_password": "hunter2", "lr": 0.1}}, buf)
+    at.file_uploader(key="ckpt_files").set_value([
+        ("[Re-login](https://evil.example/).pt", buf.getvalue(), "application/octet-stream"),
+        ("![x](http://host/p.png).pt", b"not a checkpoint", "application/octet-stream")]).run()
+    assert not at.exception, at.exception
+    bodies = [j.proto.body for j in at.get("json")]
+    assert bodies and "abc123" not in "".join(bodies) and "hunter2" not in "".join(bodies)
+    assert "0.1" in "".join(bodies) and "(hidden)" in "".join(bodies)
+    errors = [e.value for e in at.error]
+    assert any(e.startswith("Could not load it: \\!\\[x\\]\\(http") for e in errors), errors
+    warnings = [w.value for w in at.warning]
+    assert warnings and all("[Re-login](" not in w for w in warnings)
