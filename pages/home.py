@@ -3,7 +3,7 @@
 import streamlit as st
 
 from ui.common import load_runs, require_router, store_root
-from ui.runs import manage_run, runs_table
+from ui.runs import manage_run, runs_table, trash_section
 
 require_router()
 st.title("Gradient Flow Diagnostics")
@@ -31,6 +31,7 @@ with dx.GradientMonitor(model, store=store, run_name="my-run", optimizer=optimiz
                "From a terminal: `python -m diagnostics runs --store runs`.")
 
 st.subheader("Runs")
+trash_section()
 if runs.empty:
     st.info(f"No runs in `{store_root()}` yet. Run the snippet above in your training script, then reload "
             "this page, or pick another store folder in the sidebar.")

@@ -6,7 +6,7 @@ import pandas as pd
 import streamlit as st
 
 import diagnostics as dx
-from diagnostics.views.text import markdown_text
+from diagnostics.views.text import markdown_text, one_line
 
 from .common import run_labels, store_root
 
@@ -48,7 +48,7 @@ def manage_run(runs: pd.DataFrame) -> None:
         except dx.DiagnosticsError as exc:
             st.error(str(exc))
     running = meta["status"] == "running"
-    confirm = st.checkbox(f"Yes, delete run '{markdown_text(meta['name'])}' and all its data", key=f"confirm_{run}",
+    confirm = st.checkbox(f"Yes, delete run '{markdown_text(meta['name'])}' (to the trash)", key=f"confirm_{run}",
                           disabled=running, help="A run that is still being written cannot be deleted.")
     if st.button("Delete run", type="primary", disabled=not confirm or running, key=f"delete_{run}"):
         try:
@@ -59,3 +59,25 @@ def manage_run(runs: pd.DataFrame) -> None:
             st.error(f"Could not delete: {exc}")
     if running:
         st.caption("This run is still being written; stop its training to delete it.")
+
+
+def trash_section() -> None:
+    """Deleted runs, restorable until the trash is emptied (shown only when the trash holds any)."""
+    store = dx.RunStore(store_root())
+    trashed = store.trashed()
+    if trashed.empty:
+        return
+    with st.expander(f"Deleted runs ({len(trashed)}): restore, or empty the trash"):
+        labels = {r.run: f"{one_line(r.name)} — {r.run} (deleted {r.deleted:%Y-%m-%d %H:%M})"
+                  for r in trashed.itertuples()}
+        run = st.selectbox("Deleted run", list(labels), format_func=labels.get, key="trash_run")
+        if st.button("Restore run", key="trash_restore"):
+            try:
+                store.restore(run)
+                st.rerun()
+            except (dx.DiagnosticsError, OSError) as exc:
+                st.error(f"Could not restore: {markdown_text(exc, 500)}")
+        confirm = st.checkbox(f"Yes, delete the {len(trashed)} run(s) in the trash for good", key="trash_confirm")
+        if st.button("Empty trash", disabled=not confirm, key="trash_empty"):
+            store.empty_trash()
+            st.rerun()

@@ -44,6 +44,8 @@ TABLES: tuple[str, ...] = ("layers", "steps", "params", "hist", "blocks")
 META_FILE = "meta.json"
 ANNOTATIONS_FILE = "annotations.json"
 KERNELS_DIR = "kernels"
+#: Deleted runs, restorable until the trash is emptied: ``<store>/.trash/<run id>/`` (a dot folder, never a run).
+TRASH_DIR = ".trash"
 _CHUNK_RE = re.compile(r"^chunk-(\d{8})\.parquet$")
 _COMPACT_RE = re.compile(r"^compact-(\d{8})-(\d{8})\.parquet$")
 _SNAPSHOT_RE = re.compile(r"^step-(\d{8})\.npz$")

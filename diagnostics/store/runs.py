@@ -22,9 +22,9 @@ import pyarrow.compute as pc
 
 from ..errors import StoreError
 from ..recording.stats import BLOCK_COLUMNS, HIST_COLUMNS, LAYER_COLUMNS, PARAM_COLUMNS, STEP_COLUMNS
-from .layout import (ANNOTATIONS_FILE, KERNELS_DIR, META_FILE, RUN_ID_RE, SCHEMA_VERSION, TABLES, and_filters,
-                     compact_table, new_run_id, pid_alive, read_table, snapshot_name, snapshot_step, steps_filter,
-                     write_json_atomic)
+from .layout import (ANNOTATIONS_FILE, KERNELS_DIR, META_FILE, RUN_ID_RE, SCHEMA_VERSION, TABLES, TRASH_DIR,
+                     and_filters, compact_table, new_run_id, pid_alive, read_table, snapshot_name, snapshot_step,
+                     steps_filter, write_json_atomic)
 from .metadata import SAVE_NAME_CHARS, SAVE_NOTES_CHARS, SAVE_TAG_CHARS, SAVE_TAGS, read_json, validate_meta
 from .writer import RunWriter
 
@@ -361,14 +361,71 @@ class RunStore:
         self._annotate(run_id, notes=notes)
 
     def delete(self, run_id: str, force: bool = False) -> None:
-        """Delete a run. A run that is still being written is refused unless ``force=True``."""
+        """Move a run to the store's trash (restorable with :meth:`restore` until :meth:`empty_trash`).
+
+        A run that is still being written is refused unless ``force=True``.
+        """
         run_dir = self._run_dir(run_id)
         if not force and self._status(json.loads((run_dir / META_FILE).read_text())) == "running":
             raise StoreError(f"run {run_id} is still being written; stop training first or pass force=True")
-        # Rename first so that a concurrent reader never sees a half-deleted run as a run.
-        trash = self.root / f".deleted-{run_id}-{secrets.token_hex(3)}"
-        os.replace(run_dir, trash)
-        shutil.rmtree(trash, ignore_errors=True)
+        trash = self.root / TRASH_DIR
+        trash.mkdir(exist_ok=True)
+        if (trash / run_id).exists():      # deleted before, restored, deleted again: keep the newest copy
+            self._remove(trash / run_id)
+        os.replace(run_dir, trash / run_id)  # one rename: a reader sees the whole run or none of it
+
+    def trashed(self) -> pd.DataFrame:
+        """The deleted runs still in the trash: ``run``, ``name``, ``deleted`` (time), newest first."""
+        rows = []
+        trash = self.root / TRASH_DIR
+        for entry in sorted(trash.iterdir()) if trash.is_dir() else []:
+            if not RUN_ID_RE.match(entry.name) or not entry.is_dir():
+                continue
+            try:
+                meta = read_json(entry / META_FILE)
+                name = meta.get("name", entry.name) if isinstance(meta, dict) else entry.name
+            except (OSError, StoreError):
+                name = entry.name
+            annotations = entry / ANNOTATIONS_FILE
+            try:
+                extra = read_json(annotations) if annotations.is_file() else {}
+                name = extra.get("name", name) if isinstance(extra, dict) else name
+            except (OSError, StoreError):
+                pass
+            rows.append({"run": entry.name, "name": str(name),
+                         "deleted": pd.Timestamp(entry.stat().st_mtime, unit="s", tz="UTC")})
+        frame = pd.DataFrame(rows, columns=["run", "name", "deleted"])
+        return frame.sort_values("deleted", ascending=False, kind="stable").reset_index(drop=True)
+
+    def restore(self, run_id: str) -> None:
+        """Move a deleted run back from the trash.
+
+        Raises:
+            StoreError: It is not in the trash, or a run with its id exists again.
+        """
+        if not isinstance(run_id, str) or not RUN_ID_RE.match(run_id):
+            raise StoreError(f"{run_id!r} is not a valid run id")
+        source = self.root / TRASH_DIR / run_id
+        if not source.is_dir():
+            raise StoreError(f"run {run_id} is not in the trash (emptied already?)")
+        if (self.root / run_id).exists():
+            raise StoreError(f"a run {run_id} exists in the store already; delete it first")
+        os.replace(source, self.root / run_id)
+
+    def empty_trash(self) -> int:
+        """Delete every run in the trash for good; returns how many there were."""
+        trash = self.root / TRASH_DIR
+        if not trash.is_dir():
+            return 0
+        count = sum(1 for e in trash.iterdir() if e.is_dir())
+        self._remove(trash)
+        return count
+
+    def _remove(self, path: Path) -> None:
+        # Rename first so that a concurrent reader never sees a half-removed folder under its old name.
+        doomed = self.root / f".deleted-{path.name}-{secrets.token_hex(3)}"
+        os.replace(path, doomed)
+        shutil.rmtree(doomed, ignore_errors=True)
 
     def compact(self, run_id: str) -> None:
         """Merge each table of a run that is not running into one file (e.g. a crashed run's chunks)."""

@@ -57,3 +57,34 @@ def test_a_damaged_run_is_named_with_its_reason_and_the_others_render(recorded, 
         assert sorted(at.dataframe[0].value["run"]) == sorted([runs["plain"], runs["bn"]])
     else:
         assert len(at.get("plotly_chart")) > 0                                # the good run is drawn
+
+
+def test_a_run_deleted_on_the_runs_page_is_restored_from_its_trash(tmp_path):
+    store, runs = make_store(tmp_path / "runs")
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.session_state["store_root"] = str(store.root)
+    at.session_state["selected_runs"] = [runs["mlp"]]
+    at.run()
+    assert not [e for e in at.expander if e.label.startswith("Deleted runs")]       # empty trash: not shown
+    at.checkbox(key=f"confirm_{runs['mlp']}").check().run()
+    at.button(key=f"delete_{runs['mlp']}").click().run()
+    assert runs["mlp"] not in store.run_ids() and len(at.dataframe[0].value) == 2
+    assert at.selectbox(key="trash_run").value == runs["mlp"]
+    at.button(key="trash_restore").click().run()
+    assert not at.exception, at.exception
+    assert runs["mlp"] in store.run_ids() and len(at.dataframe[0].value) == 3
+    assert store.trashed().empty
+
+
+def test_emptying_the_trash_on_the_runs_page_needs_confirmation(tmp_path):
+    store, runs = make_store(tmp_path / "runs")
+    store.delete(runs["mlp"])
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.session_state["store_root"] = str(store.root)
+    at.run()
+    assert at.button(key="trash_empty").disabled                       # not before confirming
+    at.checkbox(key="trash_confirm").check().run()
+    at.button(key="trash_empty").click().run()
+    assert not at.exception, at.exception
+    assert store.trashed().empty and runs["mlp"] not in store.run_ids()
+    assert not [e for e in at.expander if e.label.startswith("Deleted runs")]
