@@ -38,7 +38,9 @@ PRESETS: dict[str, Preset] = {
         "Sigmoid and tanh vs ReLU in a deep plain network",
         "A 20-layer plain network with each activation, each with He's fan-in initialisation and PyTorch's gain "
         "for that activation (1 for sigmoid, 5/3 for tanh, √2 for ReLU). The sigmoid's slope is at most 1/4, so "
-        "its gradient shrinks by a large factor per layer; tanh's slope is 1 only around 0.",
+        "its gradient shrinks by a large factor per layer; tanh's slope is 1 only around 0. Measured (seed 0): "
+        "first/last output-gradient ratio 4e-13 with sigmoid (chance accuracy), 3 with tanh (97 %), 0.4 with "
+        "ReLU (93 %).",
         {"variants": {"plain · sigmoid": {"variant": "plain", "activation": "sigmoid"},
                       "plain · tanh": {"variant": "plain", "activation": "tanh"},
                       "plain · ReLU": {"variant": "plain", "activation": "relu"}},
@@ -47,7 +49,8 @@ PRESETS: dict[str, Preset] = {
         "Batch norm before vs after the activation (20-layer plain network)",
         "Ioffe & Szegedy 2015 put batch norm between the conv and the ReLU (conv → bn → ReLU); many later "
         "networks put it after (conv → ReLU → bn). Both keep the gradient flowing in a plain 20-layer network, "
-        "where the same network without batch norm (PyTorch's default init) does not.",
+        "where the same network without batch norm (PyTorch's default init) does not. Measured (seed 0): step-0 "
+        "first/last output-gradient ratio 20 before, 46 after, 3e-9 without; 98 %, 98 % and 10 % (chance).",
         {"variants": {"batch norm before ReLU": {"variant": "batchnorm"},
                       "batch norm after ReLU": {"variant": "batchnorm", "bn_position": "after"},
                       "no batch norm": {"variant": "plain"}},
