@@ -113,13 +113,14 @@ def compare_view(data: ComparisonData, stat: str = "weight_grad_norm", steps: Se
                                       title="First / last conv layer gradient ratio", band=HEALTHY_BAND),
     }
     figs["accuracy"].update_yaxes(range=[0, 100])
+    per_run = run_ratios(data)
+    swept = is_sweep(per_run)
     blocks = {v: data.blocks[data.blocks["variant"] == v] if not data.blocks.empty else data.blocks for v in variants}
-    profiles = gain_profiles(blocks)
+    profiles = gain_profiles(blocks, [0] if swept else None)     # a sweep's many runs: step 0 only
     if profiles:                                        # runs without a blocks table get a note instead
         figs["gain"] = gain_figure(profiles, colors, names)
         figs["cumulative"] = cumulative_figure(profiles, colors, names)
-    per_run = run_ratios(data)
-    if is_sweep(per_run):
+    if swept:
         figs["sweep"] = sweep_figure(per_run)
     notes = [n for n in (init_reading(per_run), missing_note([v for v in variants if blocks[v].empty], names)) if n]
     return CompareView(summary, describe(summary, num_classes), figs, ratio_frame(data), recorded, per_run, notes)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 import diagnostics as dx
@@ -51,6 +53,8 @@ def test_compare_page_draws_a_depth_sweep_and_block_gains_side_by_side(store):
     titles = chart_titles(at)
     assert all(t in titles for t in GAINS)
     assert "Depth sweep: gradient ratio and accuracy against depth" in titles
+    gains = next(json.loads(c.proto.spec) for c in at.get("plotly_chart") if "cmp_gain_fig" in c.proto.id)
+    assert [t["name"][-6:] for t in gains["data"]] == ["step 0"] * 4    # a sweep: step 0 only, a line per run
 
 
 def test_compare_page_reads_xavier_against_he_at_step_0(store):
