@@ -11,7 +11,7 @@ import pandas as pd
 import streamlit as st
 
 import diagnostics as dx
-from diagnostics.views.text import one_line
+from diagnostics.views.text import markdown_text, one_line
 
 DEFAULT_STORE = os.environ.get("GFD_STORE", "runs")
 
@@ -80,7 +80,7 @@ def load_runs() -> pd.DataFrame:
     runs = _runs(root, store_version(root))
     skipped = runs.attrs.get("warnings", [])
     if skipped:
-        shown = "\n".join(f"- {m}" for m in skipped[:5])
+        shown = "\n".join(f"- {markdown_text(m, 300)}" for m in skipped[:5])     # reasons quote file contents
         more = f"\n- … and {len(skipped) - 5} more" if len(skipped) > 5 else ""
         st.warning(f"{len(skipped)} entr{'y' if len(skipped) == 1 else 'ies'} in `{root}` skipped (not readable "
                    f"runs; nothing was changed):\n{shown}{more}")

@@ -51,7 +51,7 @@ def test_a_damaged_run_is_named_with_its_reason_and_the_others_render(recorded, 
     if page != "pages/home.py":
         at.switch_page(page).run()
     assert not at.exception, at.exception
-    warnings = [w.value for w in at.warning]
+    warnings = [w.value.replace("\\", "") for w in at.warning]               # as rendered (reasons are escaped)
     assert any(runs["mlp"] in w and "meta.json" in w for w in warnings), warnings
     if page == "pages/home.py":
         assert sorted(at.dataframe[0].value["run"]) == sorted([runs["plain"], runs["bn"]])
@@ -88,3 +88,14 @@ def test_emptying_the_trash_on_the_runs_page_needs_confirmation(tmp_path):
     assert not at.exception, at.exception
     assert store.trashed().empty and runs["mlp"] not in store.run_ids()
     assert not [e for e in at.expander if e.label.startswith("Deleted runs")]
+
+
+def test_the_reason_of_a_damaged_run_quotes_its_contents_as_text(tmp_path):
+    store, runs = make_store(tmp_path / "runs")
+    path = store.root / runs["mlp"] / "meta.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "name": ["[Re-login](https://evil.example/)"]}))
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.session_state["store_root"] = str(store.root)
+    at.run()
+    warning = next(w.value for w in at.warning if runs["mlp"] in w.value.replace("\\", ""))
+    assert "[Re-login](" not in warning and "\\[Re\\-login\\]" in warning
