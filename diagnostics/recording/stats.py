@@ -292,8 +292,8 @@ def std(total: float, sumsq: float, count: int) -> float:
     """Population standard deviation from Σx, Σx² and the element count (NaN for no elements)."""
     if count <= 0:
         return math.nan
-    mu = total / count
-    var = sumsq / count - mu * mu
+    mu = float(total) / count                        # Python floats: inf - inf is NaN without a numpy warning
+    var = float(sumsq) / count - mu * mu
     return math.sqrt(max(var, 0.0)) if math.isfinite(var) else math.nan
 
 

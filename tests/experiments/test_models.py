@@ -219,7 +219,7 @@ def test_checkpoint_errors(tmp_path):
     payload = torch.load(tmp_path / "ok.pt", weights_only=True)
     payload["config"]["depth"] = 5
     torch.save(payload, tmp_path / "mismatch.pt")
-    with pytest.raises(dx.CheckpointError, match="do not fit the recorded architecture"):
+    with pytest.raises(dx.CheckpointError, match="the recorded architecture does not fit the file.s weights"):
         load_project_checkpoint(tmp_path / "mismatch.pt")
     payload["config"]["depth"] = 0
     torch.save(payload, tmp_path / "invalid.pt")

@@ -217,7 +217,10 @@ def assert_same_statistics(store: dx.RunStore, single: dict[str, str], ddp: dict
         a, b = store.frame(single[variant]), store.frame(ddp[variant])
         assert list(a["layer"]) == list(b["layer"])
         for column in LAYER_STATS:
-            np.testing.assert_allclose(b[column], a[column], rtol=2e-5, atol=1e-7, err_msg=f"{variant} {column}")
+            # A conv bias before batch norm has an analytically zero gradient: its recorded norm (~1e-7) is
+            # rounding noise, which no two summation orders share.
+            atol = 1e-6 if column == "bias_grad_norm" else 1e-7
+            np.testing.assert_allclose(b[column], a[column], rtol=2e-5, atol=atol, err_msg=f"{variant} {column}")
         for column in ("loss", "train_accuracy", "accuracy"):
             np.testing.assert_allclose(b[column], a[column], rtol=1e-6, err_msg=f"{variant} {column}")
         assert store.meta(ddp[variant])["world_size"] == 2
