@@ -36,8 +36,11 @@ log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("csrc") / "fused_sums.cpp"
 
-#: Compiler flags; on x86-64, 512-bit vectors where the loader picks the AVX-512 clone (GCC prefers 256).
-CFLAGS = ["-O3"] + (["-mprefer-vector-width=512"] if platform.machine() == "x86_64" else [])
+#: Compiler flags. ``-fopenmp`` compiles ``at::parallel_for`` (inline OpenMP in PyTorch's headers) as parallel; it
+#: is not passed to the linker, so the extension names no OpenMP runtime of its own and its ``GOMP_*`` calls
+#: resolve to the one PyTorch loaded (one thread pool). On x86-64, 512-bit vectors where the loader picks the
+#: AVX-512 clone (GCC prefers 256).
+CFLAGS = ["-O3", "-fopenmp"] + (["-mprefer-vector-width=512"] if platform.machine() == "x86_64" else [])
 
 _DTYPES = (torch.float32, torch.float64)
 _lock = threading.Lock()

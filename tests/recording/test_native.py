@@ -265,3 +265,15 @@ def test_a_nan_through_the_fused_path_is_reported_at_its_layer():
         mon = _record(model, torch.randn(2, 3, 6, 6), steps=1)
     steps = mon.step_frame()
     assert steps["nonfinite_forward_layer"].iloc[0] == "3"
+
+
+def test_the_extension_runs_on_pytorchs_threads_and_brings_no_openmp_runtime():
+    code = ("from diagnostics.recording import native\nmodule = native.kernels()\nassert module, native.status()\n"
+            "gomp = sorted({l.split()[-1] for l in open('/proc/self/maps') if 'gomp' in l})\n"
+            "print(module.__file__, len(gomp), all('torch' in g for g in gomp))")
+    path, count, in_torch = _fresh_python({}, code).split()
+    assert int(count) <= 1 and in_torch == "True"             # PyTorch's own libgomp, no second runtime
+    symbols = subprocess.run(["nm", "-D", "--undefined-only", path], capture_output=True, text=True).stdout
+    assert "GOMP_parallel" in symbols                         # at::parallel_for compiled as parallel loops
+    needed = subprocess.run(["objdump", "-p", path], capture_output=True, text=True).stdout
+    assert "gomp" not in "".join(line for line in needed.splitlines() if "NEEDED" in line)
