@@ -37,7 +37,8 @@ def show_findings(view: FlowView, names: dict[str, str]) -> None:
         if not findings:
             st.success(f"{markdown_text(names.get(run, run))}: no problems found with the current thresholds.")
         for finding in findings:
-            SEVERITY.get(finding.severity, st.info)(finding.message)
+            # A finding names runs and layers, which are data: shown literally, never as Markdown.
+            SEVERITY.get(finding.severity, st.info)(markdown_text(finding.message, limit=10_000))
 
 
 def export_section(view: FlowView, root: str, runs: list[str], names: dict[str, str], stat: str) -> None:

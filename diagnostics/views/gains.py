@@ -15,6 +15,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from .figures import DASHES, PALETTE, _empty
+from .text import markdown_text
 
 #: The columns of :func:`gain_profiles`.
 PROFILE_COLUMNS = ["run", "step", "block", "type", "index", "gain", "cumulative", "branch_share", "residual"]
@@ -68,7 +69,7 @@ def missing_note(runs: Sequence[str], names: Mapping[str, str]) -> str | None:
     """The note for runs recorded without block gains, or ``None`` when every run has them."""
     if not runs:
         return None
-    listed = ", ".join(names.get(r, r) for r in runs)
+    listed = ", ".join(markdown_text(names.get(r, r)) for r in runs)        # names are data, not Markdown
     return (f"No backward gain per block in {listed}: the run was recorded without `blocks=` (older comparisons, "
             "or the monitor's default). Record with `GradientMonitor(model, blocks=\"auto\")`; comparisons record "
             "it from now on.")

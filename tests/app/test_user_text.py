@@ -73,3 +73,30 @@ def test_the_checkpoint_page_shows_file_names_as_text_and_hides_secret_metadata(
     assert any(e.startswith("Could not load it: \\!\\[x\\]\\(http") for e in errors), errors
     warnings = [w.value for w in at.warning]
     assert warnings and all("[Re-login](" not in w for w in warnings)
+
+
+def test_findings_and_the_gain_note_show_a_crafted_run_name_as_text(tmp_path):
+    import torch
+
+    import diagnostics as dx
+
+    store = dx.RunStore(tmp_path / "runs")
+    model = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Linear(3, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=10.0)                 # updates far too large: a finding
+    name = "run [click](http://evil.example) **bold**"
+    with dx.GradientMonitor(model, store=store, run_name=name, optimizer=opt) as mon:
+        for _ in range(25):
+            model(torch.randn(4, 3)).sum().backward()
+            mon.step()
+            opt.step()
+            opt.zero_grad()
+    at = AppTest.from_file(str(Path(__file__).resolve().parents[2] / "app.py"), default_timeout=120)
+    at.session_state["store_root"] = str(store.root)
+    at.session_state["selected_runs"] = [mon.run_id]
+    at.run()
+    at.switch_page("pages/gradient_flow.py").run()
+    assert not at.exception
+    texts = [e.value for e in (*at.warning, *at.error, *at.info)]
+    assert any("No backward gain" in t for t in texts)
+    named = [t for t in texts if "click" in t]
+    assert named and all("\\[click\\]\\(http" in t for t in named)        # escaped: no live link
