@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from ..errors import MonitorError
+from .hooks import graph_task_id
 
 
 @dataclass(frozen=True)
@@ -137,7 +138,7 @@ class BlockHooks:
 
     def _active(self) -> bool:
         return self.live.enabled and self.live.recording and torch.is_grad_enabled() \
-            and torch._C._current_graph_task_id() == -1
+            and graph_task_id() == -1
 
     def _pre(self, name: str) -> Callable[..., Any]:
         def hook(module: nn.Module, args: tuple) -> tuple | None:
