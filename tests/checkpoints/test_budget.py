@@ -167,7 +167,8 @@ def test_the_weight_summary_of_a_stride_0_tensor_is_computed_in_chunks(tmp_path)
     code = "s = weight_summary(load_checkpoint(path).state_dict); print(float(s['norm'][0]), float(s['max_abs'][0]))\n"
     growth, out = peak_growth_mb(code, path, budget_mb=2048)
     assert out.splitlines()[0] == f"{2.0 * 8000} 2.0"
-    assert growth < 64                         # a float64 copy alone would be 512 MB
+    assert growth < 128                        # dense it is 256 MB (float32), a float64 copy 512 MB; chunks
+    #                                            of 8 MB and their temporaries measured 42-78 MB
 
 
 def test_the_chunked_weight_summary_matches_float64_statistics():
