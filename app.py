@@ -2,9 +2,11 @@
 
 import streamlit as st
 
+from ui.access import gate
 from ui.common import mark_routed, sidebar_store_picker
 
 st.set_page_config(page_title="Gradient Flow Diagnostics", page_icon=":material/show_chart:", layout="wide")
+gate()                  # a Host not served, or no token when one is required: the script stops here
 mark_routed()
 
 pages = [

@@ -116,3 +116,20 @@ class DistributedTrainingError(DiagnosticsError, RuntimeError):
 
     Advice: run the same comparison with one process to see the error where it happens.
     """
+
+
+class AccessError(DiagnosticsError, PermissionError):
+    """A shared dashboard refused a request: a path outside the folders it was started with, a write in
+    read-only mode, a missing token or a ``Host`` it does not serve.
+
+    Advice: use a path inside the folders named at launch (``--root``), or ask whoever started the dashboard
+    for the token, or to start it without ``--read-only``.
+    """
+
+
+class ComputeLimitError(DiagnosticsError, RuntimeError):
+    """Work asked of a shared dashboard is over its per-server compute limit, or was cancelled.
+
+    Advice: choose fewer steps, variants, a smaller depth or width (the message says the estimate and the
+    limit), or run it from your own Python session with ``dx.compare``, where no limit applies.
+    """

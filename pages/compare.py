@@ -3,9 +3,10 @@
 import streamlit as st
 
 from diagnostics.views.training_comparison import DEPTH_STATS, compare_view, profile_steps, recorded_steps
+from ui.access import refused_in_read_only
 from ui.common import guard, require_router, store_root
-from ui.compare import (GROUP_KEY, JOB_KEY, comparison_data, past_comparisons, preset_picker, progress_panel,
-                        settings_form, show_job_error, show_view, start_job)
+from ui.compare import (GROUP_KEY, comparison_data, current_job, is_running, past_comparisons, preset_picker,
+                        progress_panel, settings_form, show_job_error, show_view, start_job)
 
 require_router()
 st.title("Compare training")
@@ -16,19 +17,20 @@ st.markdown(
     "PyTorch's init, 300 steps on the bundled digits) take well under a minute on a laptop CPU.")
 root = store_root()
 
-job = st.session_state.get(JOB_KEY)
-running = job is not None and not job.finished
-preset, settings = preset_picker(running), settings_form(running)
-settings = preset or settings
+job, ticket = current_job()
+running = is_running(job, ticket)
+settings = None
+if not refused_in_read_only("Training"):
+    preset, settings = preset_picker(running), settings_form(running)
+    settings = preset or settings
 if settings is not None:
     start_job(root, settings)
-    job = st.session_state.get(JOB_KEY)
-if job is not None and not job.finished:
+    job, ticket = current_job()
+if is_running(job, ticket):
     st.subheader("Training")
-    st.caption(f"Comparison `{job.group}` trains in the background; you can keep using the dashboard.")
-    progress_panel(job)
-elif job is not None and job.exception is not None:
-    show_job_error(job)
+    progress_panel(job, ticket)
+elif job is not None and (job.exception is not None or job.cancelled or (ticket and ticket.state == "cancelled")):
+    show_job_error(job, ticket)
 elif job is not None and st.session_state.get("_compare_shown") != job.group:
     st.session_state["_compare_shown"] = st.session_state[GROUP_KEY] = job.group   # open the new result once
 

@@ -11,9 +11,10 @@ import pandas as pd
 import streamlit as st
 
 import diagnostics as dx
+from diagnostics.errors import AccessError
 from diagnostics.views.text import markdown_text, one_line
 
-DEFAULT_STORE = os.environ.get("GFD_STORE", "runs")
+from .access import confine, read_only, settings, show_bug
 
 
 def require_router() -> None:
@@ -44,16 +45,32 @@ def mark_routed() -> None:
 
 
 def store_root() -> str:
-    """The store directory chosen in the sidebar (default ``./runs`` or ``$GFD_STORE``)."""
-    return st.session_state.get("store_root", DEFAULT_STORE)
+    """The store directory chosen in the sidebar (default the launch store, ``$GFD_STORE`` or ``./runs``).
+
+    A folder outside the roots given at launch is never used: the launch store stands in for it (the sidebar
+    says why).
+    """
+    chosen = st.session_state.get("store_root", settings().store)
+    try:
+        confine(chosen, "The run store")
+    except AccessError:
+        return settings().store
+    return chosen
 
 
 def sidebar_store_picker() -> None:
-    """The sidebar's store field; shared by every page through ``app.py``."""
+    """The sidebar's store field (fixed in read-only mode); shared by every page through ``app.py``."""
+    st.session_state.setdefault("store_root", settings().store)
     st.sidebar.text_input(
-        "Run store directory", value=store_root(), key="store_root",
-        help="A folder of recorded runs. Training scripts write to it with dx.RunStore(path).")
-    root = Path(store_root()).expanduser()
+        "Run store directory", key="store_root", disabled=read_only(),
+        help="A folder of recorded runs, inside the folders this dashboard was started with. Training scripts "
+             "write to it with dx.RunStore(path).")
+    try:
+        root = confine(st.session_state["store_root"], "The run store")
+    except AccessError as exc:
+        st.sidebar.error(f"{markdown_text(exc, 600)}. Showing `{markdown_text(store_root())}` instead.",
+                         icon=":material/block:")
+        return
     if not root.exists():
         st.sidebar.caption("This folder does not exist yet; it is created when the first run is recorded.")
 
@@ -176,8 +193,8 @@ def guard(what: str, expected: type[Exception] | None = None, prefix: str = "") 
     """Show an error of the block where it happened: the library's as a message, anything else as a bug.
 
     A :class:`~diagnostics.DiagnosticsError` says what to do, so it is shown with ``st.error``; any other
-    exception is a bug and is shown with its traceback (``st.exception``), in the container the block writes
-    to, so one bad run or widget never blanks the rest of the page. Streamlit's own stop and rerun signals
+    exception is a bug and is shown with its traceback (``st.exception``; on a shared dashboard its type and
+    message only, the traceback going to the server's console), in the container the block writes to, so one bad run or widget never blanks the rest of the page. Streamlit's own stop and rerun signals
     are ``BaseException`` and pass through. An ``expected`` library error (a widget's own refusal) is shown as
     ``prefix`` and its message alone.
 
@@ -199,7 +216,7 @@ def guard(what: str, expected: type[Exception] | None = None, prefix: str = "") 
             st.error(f"Could not {what}: {exc}")
     except Exception as exc:  # noqa: BLE001 - not hidden: shown with its traceback where it happened
         outcome.failed = True
-        st.exception(exc)
+        show_bug(exc)
 
 
 @st.cache_resource(show_spinner=False, max_entries=16)

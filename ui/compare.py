@@ -14,11 +14,14 @@ from diagnostics.experiments.models import ACTIVATIONS, INITS, VARIANTS
 from diagnostics.experiments.jobs import ComparisonJob
 from diagnostics.experiments.presets import PRESETS
 from diagnostics.experiments.training import TrainConfig
+from diagnostics.views.text import markdown_text
 from diagnostics.views.training_comparison import CompareView
 
+from .access import compute_queue, confine, session_id
 from .common import store_version
 
 JOB_KEY = "compare_job"
+TICKET_KEY = "compare_ticket"
 GROUP_KEY = "compare_group"
 INIT_LABELS = {"default": "PyTorch default", "he": "He (Kaiming, fan-in)", "xavier": "Xavier (Glorot, gain 1)",
                "orthogonal": "Orthogonal (Saxe)"}
@@ -103,16 +106,37 @@ def show_view(view: CompareView, group: str) -> None:
 
 
 def start_job(root: str, settings: dict[str, Any]) -> None:
-    """Validate, load the data and start training in a worker thread; errors are shown, never raised."""
+    """Confine the dataset folder, validate, load the data, estimate the work and queue the training in the
+    process's one compute queue (refused over its limit); errors are shown, never raised."""
     try:
-        st.session_state[JOB_KEY] = ComparisonJob(store=root, **settings).start()
+        if settings.get("data_root"):
+            settings = {**settings, "data_root": str(confine(settings["data_root"], "The dataset folder"))}
+        job = ComparisonJob(store=root, **settings)
+        ticket = compute_queue().submit(session_id(), f"comparison {job.group} ({len(job.variants)} runs)",
+                                        job.work, job.run, cancel=job.cancel)
     except dx.DiagnosticsError as exc:
-        st.error(f"Could not start the comparison: {exc}")
+        st.error(f"Could not start the comparison: {markdown_text(exc, 800)}")
+        return
+    st.session_state[JOB_KEY], st.session_state[TICKET_KEY] = job, (job.group, ticket)
 
 
-def show_job_error(job: ComparisonJob) -> None:
-    """Why a comparison stopped: the library's reason as a message, anything else with its traceback."""
-    if isinstance(job.exception, dx.DiagnosticsError):
+def current_job() -> tuple[ComparisonJob | None, Any]:
+    """This session's comparison and its queue ticket (``None`` for a job started outside the queue)."""
+    job = st.session_state.get(JOB_KEY)
+    group, ticket = st.session_state.get(TICKET_KEY, (None, None))
+    return job, (ticket if job is not None and group == job.group else None)
+
+
+def is_running(job: ComparisonJob | None, ticket: Any) -> bool:
+    """Waiting for its turn or training."""
+    return job is not None and not job.finished and not (ticket is not None and ticket.finished)
+
+
+def show_job_error(job: ComparisonJob, ticket: Any = None) -> None:
+    """Why a comparison stopped: cancelled, the library's reason as a message, anything else with its traceback."""
+    if job.cancelled or (ticket is not None and ticket.state == "cancelled"):
+        st.info("The comparison was cancelled; its runs keep the steps recorded before it stopped.")
+    elif isinstance(job.exception, dx.DiagnosticsError):
         st.error(f"The comparison stopped: {job.error}")
     else:
         st.error("The comparison stopped with an unexpected error (a bug):")
@@ -120,8 +144,18 @@ def show_job_error(job: ComparisonJob) -> None:
 
 
 @st.fragment(run_every=1.0)
-def progress_panel(job: ComparisonJob) -> None:
-    """One progress bar per run (per variant, and per depth in a sweep), refreshed every second while training."""
+def progress_panel(job: ComparisonJob, ticket: Any = None) -> None:
+    """The place in the queue, then one progress bar per run (per variant, and per depth in a sweep), refreshed
+    every second, with a Cancel button."""
+    queue = compute_queue()
+    position = queue.position(ticket) if ticket is not None else None
+    st.caption(f"Comparison `{job.group}`: about {job.work:,.0f} GMAC (10⁹ multiply-adds) of this dashboard's "
+               f"limit of {queue.limit_gmac:,.0f}. It runs in the background; you can keep using the dashboard.")
+    if position:
+        st.info(f"Waiting for its turn: number {position} in this dashboard's queue (one job runs at a time, for "
+                "every visitor).", icon=":material/hourglass_top:")
+    if ticket is not None and st.button("Cancel the comparison", key="cmp_cancel"):
+        queue.cancel(ticket)
     latest = job.latest()
     for variant, fraction in job.fractions().items():
         p = latest.get(variant)
@@ -131,7 +165,7 @@ def progress_panel(job: ComparisonJob) -> None:
             state = " (diverged)" if p.diverged else (" (done)" if p.done else "")
             text = f"{variant}: step {p.step}/{p.steps}, loss {p.loss:.3g}, held-out accuracy {acc}{state}"
         st.progress(min(1.0, fraction), text=text)
-    if job.finished:
+    if not is_running(job, ticket):
         st.rerun(scope="app")
 
 

@@ -8,6 +8,7 @@ import streamlit as st
 import diagnostics as dx
 from diagnostics.views.text import markdown_text, one_line
 
+from .access import read_only, refused_in_read_only
 from .common import run_labels, store_root
 
 
@@ -28,7 +29,9 @@ def runs_table(runs: pd.DataFrame) -> list[str]:
 
 
 def manage_run(runs: pd.DataFrame) -> None:
-    """Rename, tag, annotate or delete one run; deleting asks for confirmation."""
+    """Rename, tag, annotate or delete one run; deleting asks for confirmation. Off in read-only mode."""
+    if refused_in_read_only("Renaming, tagging and deleting runs"):
+        return
     labels = run_labels(runs)
     options = list(runs["run"])
     default = st.session_state.get("selected_runs", options[-1:])
@@ -62,7 +65,10 @@ def manage_run(runs: pd.DataFrame) -> None:
 
 
 def trash_section() -> None:
-    """Deleted runs, restorable until the trash is emptied (shown only when the trash holds any)."""
+    """Deleted runs, restorable until the trash is emptied (shown only when the trash holds any; never when
+    read-only)."""
+    if read_only():
+        return
     store = dx.RunStore(store_root())
     trashed = store.trashed()
     if trashed.empty:

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import DataError
+from ..serving.roots import scan_files
 
 
 @dataclass(frozen=True)
@@ -238,7 +239,10 @@ def make_synthetic(n: int = 256, *, num_classes: int = 4, channels: int = 1, siz
 
 def load_image_folder(root: str | os.PathLike[str], *, image_size: int = 32, grayscale: bool = False,
                       seed: int = 0, test_fraction: float = 0.2, limit: int | None = None) -> DataSplit:
-    """Images in class sub-folders (``root/<class>/<image>``), read with ``torchvision.datasets.ImageFolder``.
+    """Images in class sub-folders (``root/<class>/<image>``), in ``torchvision.datasets.ImageFolder``'s layout.
+
+    The folder is walked within a budget (:func:`~diagnostics.serving.roots.scan_files`: entries and seconds),
+    never through a folder symlink or a file symlink that leaves it; hidden files are skipped.
 
     Args:
         root: The folder holding one sub-folder per class.
@@ -248,32 +252,37 @@ def load_image_folder(root: str | os.PathLike[str], *, image_size: int = 32, gra
         test_fraction: Share held out.
         limit: Read at most this many images (a seeded random subset).
     """
-    from torchvision import datasets, transforms
+    from torchvision import transforms
+    from torchvision.datasets.folder import IMG_EXTENSIONS, default_loader
 
     path = Path(root).expanduser()
     if not path.is_dir():
         raise DataError(f"image folder {path} does not exist; expected {path}/<class name>/<image files>")
     steps: list[Callable[..., Any]] = [transforms.Grayscale(1)] if grayscale else []
     transform = transforms.Compose([*steps, transforms.Resize((image_size, image_size)), transforms.ToTensor()])
-    try:
-        folder = datasets.ImageFolder(str(path), transform=transform)
-    except (FileNotFoundError, RuntimeError) as exc:
-        raise DataError(f"{path} is not an image folder ({exc}); expected one sub-folder per class holding "
-                        "image files (.png, .jpg, ...)") from None
-    if len(folder.classes) < 2:
-        raise DataError(f"{path} has {len(folder.classes)} class folder(s) ({folder.classes}); a classifier needs "
-                        "at least 2")
-    picked = _subset(len(folder.samples), limit, seed)
+    top = Path(os.path.realpath(path))
+    samples = [(f, f.relative_to(top).parts[0]) for f in scan_files(top, IMG_EXTENSIONS)
+               if len(f.relative_to(top).parts) > 1]               # bounded, no symlink out of the folder
+    classes = sorted({label for _, label in samples})
+    if not classes:
+        raise DataError(f"{path} is not an image folder (no sub-folder holds image files); expected one "
+                        "sub-folder per class holding image files (.png, .jpg, ...)")
+    if len(classes) < 2:
+        raise DataError(f"{path} has {len(classes)} class folder(s) holding images; a classifier needs at least "
+                        "2, each a sub-folder of image files (.png, .jpg, ...)")
+    index = {name: i for i, name in enumerate(classes)}
+    picked = _subset(len(samples), limit, seed)
     images, labels = [], []
     for i in picked:
+        file, label = samples[int(i)]
         try:
-            image, label = folder[int(i)]                              # (C, image_size, image_size)
-        except OSError as exc:
-            raise DataError(f"could not read image {folder.samples[int(i)][0]} ({exc})") from None
+            image = transform(default_loader(str(file)))             # (C, image_size, image_size)
+        except (OSError, ValueError) as exc:
+            raise DataError(f"could not read image {file.relative_to(top)} ({exc})") from None
         images.append(image)
-        labels.append(label)
+        labels.append(index[label])
     x = torch.stack(images)                                              # (N, C, image_size, image_size)
-    return _from_arrays(f"folder:{path.name}", x, np.asarray(labels), tuple(folder.classes),
+    return _from_arrays(f"folder:{path.name}", x, np.asarray(labels), tuple(classes),
                         test_fraction=test_fraction, seed=seed,
                         description=f"image folder {path}, {len(labels)} images resized to {image_size}")
 

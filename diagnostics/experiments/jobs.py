@@ -7,7 +7,25 @@ from typing import Any
 
 from ..errors import DiagnosticsError
 from .launch import execute, prepare
-from .training import Progress
+from .training import Job, Progress
+
+
+def comparison_work(job: Job) -> float:
+    """The multiply-adds a prepared comparison needs, in GMAC (10⁹), counted before it starts.
+
+    Per run: a forward pass costs ``(in_channels·width + (depth−1)·width²) · kernel^dims · input_size^dims``
+    multiply-adds per sample (every conv keeps the spatial size; the head is negligible); a training step is
+    three of those (forward, and backward for inputs and weights) for each of ``batch_size`` samples, and
+    every evaluation one per held-out sample.
+    """
+    train = job.train
+    evaluations = train.steps // max(1, train.eval_every) + 1
+    total = 0.0
+    for c in job.configs.values():
+        per_sample = (c.in_channels * c.width + (c.depth - 1) * c.width ** 2) * c.kernel_size ** c.dims \
+            * c.input_size ** c.dims
+        total += per_sample * (3.0 * train.steps * train.batch_size + evaluations * len(job.data.y_test))
+    return total / 1e9
 
 class ComparisonJob:
     """Runs :func:`compare` in a worker thread and keeps its progress, so a page can poll it.
@@ -33,7 +51,11 @@ class ComparisonJob:
         self.steps = self._job.train.steps
         self._lock = threading.Lock()
         self._latest: dict[str, Progress] = {}
-        self._thread = threading.Thread(target=self._target, name=f"compare-{self.group}", daemon=True)
+        #: The work it needs, in GMAC (see :func:`comparison_work`), known before it starts.
+        self.work = comparison_work(self._job)
+        self._stop = threading.Event()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self.run, name=f"compare-{self.group}", daemon=True)
         self.result: dict[str, str] | None = None
         self.error: str | None = None
         #: What ended the worker: a :class:`~diagnostics.DiagnosticsError` is a message for the user, anything
@@ -45,14 +67,26 @@ class ComparisonJob:
         self._thread.start()
         return self
 
-    def _target(self) -> None:
+    def run(self) -> None:
+        """Train in the calling thread (what :meth:`start` runs in its worker, or a queue runs in its turn)."""
         try:
             self.result = execute(self._job, self._kwargs.get("nproc", 1), self._kwargs.get("workers", "auto"),
-                                  self._record)
+                                  self._record, stop=self._stop)
         except DiagnosticsError as exc:
             self.error, self.exception = str(exc), exc
         except Exception as exc:  # noqa: BLE001 - kept for the page (with its traceback) instead of dying in a thread
             self.error, self.exception = f"{type(exc).__name__}: {exc}", exc
+        finally:
+            self._done.set()
+
+    def cancel(self) -> None:
+        """Ask the training to stop at its next step; the runs keep what was recorded, tagged by their status."""
+        self._stop.set()
+
+    @property
+    def cancelled(self) -> bool:
+        """Whether :meth:`cancel` was called."""
+        return self._stop.is_set()
 
     def _record(self, update: Progress) -> None:
         with self._lock:
@@ -61,12 +95,11 @@ class ComparisonJob:
     @property
     def finished(self) -> bool:
         """Whether the worker has ended (with a result or an error)."""
-        return self._thread.ident is not None and not self._thread.is_alive()
+        return self._done.is_set()
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until finished (or ``timeout`` seconds); returns :attr:`finished`."""
-        self._thread.join(timeout)
-        return self.finished
+        return self._done.wait(timeout)
 
     def latest(self) -> dict[str, Progress]:
         """The last progress report of each variant that has started."""

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from ..errors import DistributedTrainingError, TrainingError
+from ..errors import ComputeLimitError, DistributedTrainingError, TrainingError
 from ..store import RunStore
 from .data import DataSplit, load_dataset
 from .models import VARIANTS, variant_config
@@ -52,7 +52,19 @@ def _ddp_worker(rank: int, world: int, port: int, job: Job, events: Any) -> None
         dist.destroy_process_group()
 
 
-def _variant_worker(rank: int, workers: int, job: Job, taken: Any, events: Any) -> None:
+class _Relay:
+    """A worker's progress callback: sends each report to the parent, and stops the worker once asked to."""
+
+    def __init__(self, events: Any, stop: Any) -> None:
+        self.events, self.stop = events, stop
+
+    def __call__(self, update: Any) -> None:
+        if self.stop.is_set():
+            raise ComputeLimitError("the comparison was cancelled")
+        self.events.put(("progress", update))
+
+
+def _variant_worker(rank: int, workers: int, job: Job, taken: Any, stop: Any, events: Any) -> None:
     """Entry point of a process that trains variants side by side with the others: it takes the next variant
     not yet taken (``taken`` is a shared counter) until none is left, so a slow variant does not hold up others.
     """
@@ -65,8 +77,7 @@ def _variant_worker(rank: int, workers: int, job: Job, taken: Any, events: Any) 
             taken.value += 1
         if index >= len(variants):
             break
-        runs.update(run_job(job, local_rank=rank, only=[variants[index]],
-                             progress=lambda p: events.put(("progress", p))))
+        runs.update(run_job(job, local_rank=rank, only=[variants[index]], progress=_Relay(events, stop)))
     events.put(("result", runs))
 
 
@@ -92,8 +103,11 @@ def _main_module_hidden() -> Iterator[None]:
 
 
 def _spawn(target: Callable[..., None], args: tuple, nprocs: int, progress: ProgressCallback | None,
-           expected: int) -> dict[str, str]:
-    """Start ``nprocs`` spawned processes running ``target(rank, *args, events)``; relay progress, merge results."""
+           expected: int, stop: threading.Event | None = None, shared_stop: Any = None) -> dict[str, str]:
+    """Start ``nprocs`` spawned processes running ``target(rank, *args, events)``; relay progress, merge results.
+
+    When ``stop`` is set, ``shared_stop`` (a process-shared event the workers watch) is set too.
+    """
     import torch.multiprocessing as mp
 
     events = mp.get_context("spawn").Queue()
@@ -116,10 +130,14 @@ def _spawn(target: Callable[..., None], args: tuple, nprocs: int, progress: Prog
     try:
         while True:
             drain()
+            if stop is not None and shared_stop is not None and stop.is_set():
+                shared_stop.set()
             if context.join(timeout=0.1):
                 break
         drain()
     except mp.ProcessRaisedException as exc:
+        if shared_stop is not None and shared_stop.is_set():
+            raise ComputeLimitError("the comparison was cancelled") from None
         raise DistributedTrainingError(f"a training process failed:\n{exc}") from None
     except mp.ProcessExitedException as exc:
         raise DistributedTrainingError(f"a training process died ({exc})") from None
@@ -128,8 +146,13 @@ def _spawn(target: Callable[..., None], args: tuple, nprocs: int, progress: Prog
     return {k: v for r in results for k, v in r.items()}
 
 
-def execute(job: Job, nproc: int, workers: int | str, progress: ProgressCallback | None) -> dict[str, str]:
-    """Run a prepared job: under torchrun, as ``nproc`` DDP processes, or variants in ``workers`` processes."""
+def execute(job: Job, nproc: int, workers: int | str, progress: ProgressCallback | None,
+            stop: threading.Event | None = None) -> dict[str, str]:
+    """Run a prepared job: under torchrun, as ``nproc`` DDP processes, or variants in ``workers`` processes.
+
+    Setting ``stop`` cancels it at the next training step of every variant (``ComputeLimitError``); the
+    runs keep the steps recorded so far. DDP processes are not cancellable this way.
+    """
     if in_torchrun():
         return run_in_torchrun(job, progress)
     if not isinstance(nproc, int) or nproc < 1:
@@ -142,10 +165,25 @@ def execute(job: Job, nproc: int, workers: int | str, progress: ProgressCallback
     if n > 1:
         import torch.multiprocessing as mp
 
-        taken = mp.get_context("spawn").Value("i", 0)
-        runs = _spawn(_variant_worker, (n, job, taken), n, progress, expected=n)
+        context = mp.get_context("spawn")
+        taken, shared_stop = context.Value("i", 0), context.Event()
+        runs = _spawn(_variant_worker, (n, job, taken, shared_stop), n, progress, expected=n, stop=stop,
+                      shared_stop=shared_stop)
         return {v: runs[v] for v in job.configs}
-    return run_job(job, progress=progress)
+    return run_job(job, progress=_stoppable(progress, stop))
+
+
+def _stoppable(progress: ProgressCallback | None, stop: threading.Event | None) -> ProgressCallback | None:
+    """``progress`` that raises once ``stop`` is set (training in this process stops at its next step)."""
+    if stop is None:
+        return progress
+
+    def report(update: Any) -> None:
+        if stop.is_set():
+            raise ComputeLimitError("the comparison was cancelled")
+        if progress is not None:
+            progress(update)
+    return report
 
 
 #: ``workers="auto"`` starts processes only from this many steps in total (below, starting them costs more).

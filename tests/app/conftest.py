@@ -24,6 +24,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.fixture(autouse=True)
+def _roots_include_pytest_temp(tmp_path_factory, monkeypatch):
+    """Page tests keep their stores under pytest's temporary folder: make it one of the dashboard's roots."""
+    monkeypatch.setenv("GFD_ROOTS", os.pathsep.join([str(tmp_path_factory.getbasetemp()), str(ROOT)]))
+
+
 @pytest.fixture(scope="session")
 def chromium_path() -> str:
     """Debian's Chromium; without it browser tests skip locally with a reason, but fail in CI."""
