@@ -4,6 +4,7 @@ import streamlit as st
 
 import diagnostics as dx
 from diagnostics.views.checkpoint import ProbeSettings, probe_checkpoints, probe_view
+from ui.access import read_only, typed_path
 from ui.checkpoint import load_sources, show_probes, show_recognition
 from ui.common import guard, require_router, store_root
 
@@ -42,9 +43,11 @@ settings = ProbeSettings(
     loss=c3.selectbox("Loss", ["cross_entropy", "sum_of_squares"], key="ckpt_loss"),
     image_size=c4.select_slider("Image size for torchvision models", [32, 64, 128, 224], value=64, key="ckpt_size"),
     batch_file=None if batch_file is None else batch_file.getvalue(),
-    folder=b2.text_input("…or a folder of images in class sub-folders, on this machine", key="ckpt_folder"))
+    folder=str(typed_path(b2.text_input("…or a folder of images in class sub-folders, on this machine",
+                                        key="ckpt_folder"), "The image folder") or ""))
 store = dx.RunStore(store_root())
-if st.button("Run the probe", type="primary", key="ckpt_run"):
+if st.button("Run the probe", type="primary", key="ckpt_run", disabled=read_only(),
+             help="Off: this dashboard was started read-only (a probe writes runs)." if read_only() else None):
     with st.spinner("Probing…"), guard("run the probe"):
         runs = probe_checkpoints(loaded, store, settings)
         for source, exc in runs.errors.items():

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-from pathlib import Path
 
 import streamlit as st
 
@@ -13,6 +12,8 @@ from diagnostics.checkpoints.architecture import Recognition, recognise
 from diagnostics.checkpoints.loading import load_checkpoint
 from diagnostics.views.checkpoint import ProbeView, weights_view
 from diagnostics.views.text import markdown_text, mask_secrets
+
+from .access import typed_path
 
 
 @st.cache_resource(show_spinner="Loading the checkpoint safely…", max_entries=8)
@@ -31,8 +32,8 @@ def load_sources(files: list, path: str) -> list[tuple[dx.Checkpoint, Recognitio
     """Load every uploaded file and the typed path; each failure becomes an st.error, the rest still load."""
     loaded = []
     sources = [(f.name, f.file_id, f.getvalue(), None) for f in files or []]
-    if path.strip():
-        p = Path(path.strip()).expanduser()
+    p = typed_path(path, "A checkpoint path")          # inside the launch roots; refused when read-only
+    if p is not None:
         stamp = f"{p}:{p.stat().st_mtime_ns}:{p.stat().st_size}" if p.is_file() else str(p)
         sources.append((p.name or str(p), hashlib.sha1(stamp.encode()).hexdigest(), None, str(p)))
     for name, key, data, file_path in sources:
