@@ -30,6 +30,7 @@ class Call:
     sums: torch.Tensor | np.ndarray
     nonfinite: torch.Tensor | int | None
     seq: int                           # order of the call within the step's forward or backward pass
+    units: torch.Tensor | None = None  # (units,) bool: which units were active (``unit_activity=True``)
 
 
 @dataclass
@@ -73,6 +74,7 @@ class StepBuffer:
     nograd: dict[str, list[tuple[Pass, Call | None, int]]] = field(default_factory=lambda: defaultdict(list))
     forward_seq: int = 0
     backward_seq: int = 0
+    unit_axes: dict[int, tuple[int, torch.Size]] = field(default_factory=dict)  # id(output) -> (unit axis, shape)
     kernels: Kernels | None = None                     # the fused CPU kernels, when they can be used
     arena: torch.Tensor | None = None                  # (capacity, 4) float64 rows they write into
     rows: np.ndarray | None = None                     # the same memory, read on the host

@@ -20,6 +20,7 @@ from . import stats
 from .buffers import Call, Kernels, Pass, Scratch, StepBuffer
 from .layers import LayerTable, primary_output
 from .reductions import local
+from .units import active_units, default_axis, own_axis
 
 
 def graph_task_id() -> int:
@@ -44,6 +45,7 @@ class LiveState:
 
     activations: bool
     histogram_every: int
+    units: bool = False                 # per-unit activity of every hooked output (unit_activity=True)
     enabled: bool = False
     recording: bool = True              # the current step is recorded
     step: int = 0                       # the current step's number
@@ -100,7 +102,7 @@ class Hooks:
             return
         for module, name in self.table.leaf_names().items():
             if name in self.table.selected:
-                self._leaf_handles.append(module.register_forward_hook(self._forward_hook(name)))
+                self._leaf_handles.append(module.register_forward_hook(self._forward_hook(name, own_axis(module))))
 
     def remove_leaves(self) -> None:
         """Remove the leaves' hooks (idempotent)."""
@@ -159,7 +161,7 @@ class Hooks:
                 live.backwards += 1
             out.register_hook(reached)
 
-    def _forward_hook(self, name: str) -> Callable[..., None]:
+    def _forward_hook(self, name: str, axis: int | None) -> Callable[..., None]:
         live = self.live
         activations = live.activations
 
@@ -178,12 +180,17 @@ class Hooks:
                 p.training = True
             if not torch.is_grad_enabled():               # counts only if a checkpoint recomputes it
                 call = self._reduce_activation(out, seq, buf) if activations and out is not None else None
+                if call is not None and live.units:
+                    call.units = self._units(out, inputs, axis, buf)
                 buf.nograd[name].append((p, call, seq))
                 return
             p.add(name, seq)
             if out is None or not activations:
                 return
-            p.acts[name].append(self._reduce_activation(out, seq, buf))
+            call = self._reduce_activation(out, seq, buf)
+            if live.units:
+                call.units = self._units(out, inputs, axis, buf)
+            p.acts[name].append(call)
             if out.requires_grad:
                 p.tracked = True
                 out.register_hook(self._grad_hook(name, p))
@@ -200,6 +207,20 @@ class Hooks:
         if out is not None and out.requires_grad:
             p.tracked = True
             out.register_hook(self._grad_hook(name, p))
+
+    @staticmethod
+    def _units(out: torch.Tensor, inputs: Any, axis: int | None, buf: StepBuffer) -> torch.Tensor | None:
+        """Which units of ``out`` were active; the unit axis is the module's own, or its input producer's."""
+        x = local(out.detach())
+        if x.device.type == "meta" or type(x) is not torch.Tensor:
+            return None
+        if axis is None:
+            source = inputs[0] if isinstance(inputs, tuple) and inputs and isinstance(inputs[0], torch.Tensor) \
+                else None
+            known = buf.unit_axes.get(id(source)) if source is not None else None
+            axis = known[0] if known is not None and known[1] == source.shape else default_axis(x)
+        buf.unit_axes[id(out)] = (axis, out.shape)
+        return active_units(x, axis)
 
     def _reduce_activation(self, out: torch.Tensor, seq: int, buf: StepBuffer) -> Call:
         call = buf.fused(out, seq, 0)

@@ -93,6 +93,8 @@ class GradientMonitor:
             constructs and steps its monitor the same way; only rank 0 should pass a ``store``.
         fused: Reduce contiguous float32/float64 CPU tensors with the fused one-pass kernels of
             :mod:`diagnostics.recording.native` (``False``: PyTorch reductions only; same statistics).
+        unit_activity: Also record ``dead_units``, the fraction of each layer's units (channels or features)
+            not active in its last ``unit_window`` recorded steps (:mod:`.units`; one more read of each output).
     """
 
     def __init__(self, model: nn.Module, store: RunStore | str | os.PathLike[str] | None = None,
@@ -105,7 +107,7 @@ class GradientMonitor:
                  kernel_max_mb: float = 256.0, meta: Mapping[str, Any] | None = None,
                  flush_every: int = 10, activations: bool = True, weight_norms: bool = True,
                  distributed: bool | Any = False, fused: bool = True, eager_every: int = 10,
-                 blocks: Any = None) -> None:
+                 blocks: Any = None, unit_activity: bool = False, unit_window: int = 20) -> None:
         if not isinstance(model, nn.Module):
             raise MonitorError(f"GradientMonitor needs an nn.Module, got {type(model).__name__}")
         self.options = make_options(
@@ -113,7 +115,7 @@ class GradientMonitor:
             on_nonfinite=on_nonfinite, kernels=kernels, kernel_every=kernel_every, kernel_max_mb=kernel_max_mb,
             flush_every=flush_every, activations=activations,
             weight_norms=bool(weight_norms) or optimizer is not None, distributed=distributed, fused=fused,
-            eager_every=eager_every, blocks=blocks, meta=meta)
+            eager_every=eager_every, blocks=blocks, unit_activity=unit_activity, unit_window=unit_window, meta=meta)
         if store is not None and not isinstance(store, RunStore):
             if not isinstance(store, (str, os.PathLike)):
                 raise MonitorError(f"store must be a RunStore or a folder path, got {type(store).__name__}")
@@ -136,7 +138,8 @@ class GradientMonitor:
         self.run_id: str | None = None
         opts = self.options
         self._live = LiveState(activations=opts.activations, histogram_every=opts.histogram_every,
-                               step=opts.first_step, recording=opts.first_step % opts.every == 0)
+                               units=opts.unit_activity, step=opts.first_step,
+                               recording=opts.first_step % opts.every == 0)
         self._hooks = Hooks(self.table, self._live)    # the one owner of every hook handle
         self._fused: Kernels | None = None
         self._live.arena_rows = max(256, 4 * len(self.table.rows))

@@ -41,6 +41,8 @@ class MonitorOptions:
                                                     # or block names / patterns / module classes
     eager_every: int = 10                           # compiled models: activation statistics every this many
                                                     # recorded steps, run eagerly (the others stay compiled)
+    unit_activity: bool = False                     # per-unit activity of every output (dead_units column)
+    unit_window: int = 20                           # ... a unit is dead when inactive this many recordings
     meta: Mapping[str, Any] = field(default_factory=dict)   # extra JSON metadata of the run
 
 
@@ -57,7 +59,7 @@ def make_options(*, every: Any = 1, first_step: Any = 0, layers: Sequence[str] |
                  kernels: Sequence[str] | str | None = None, kernel_every: Any = 50,
                  kernel_max_mb: Any = 256.0, flush_every: Any = 10, activations: bool = True,
                  weight_norms: bool = True, distributed: Any = False, fused: bool = True,
-                 eager_every: Any = 10, blocks: Any = None,
+                 eager_every: Any = 10, blocks: Any = None, unit_activity: bool = False, unit_window: Any = 20,
                  meta: Mapping[str, Any] | None = None) -> MonitorOptions:
     """Check every option and return them as one :class:`MonitorOptions`; raises :class:`MonitorError`."""
     if on_nonfinite not in ("warn", "raise", "ignore"):
@@ -78,6 +80,8 @@ def make_options(*, every: Any = 1, first_step: Any = 0, layers: Sequence[str] |
         raise MonitorError(f"kernel_max_mb must be a positive number of megabytes, got {kernel_max_mb!r}")
     if meta is not None and not isinstance(meta, Mapping):
         raise MonitorError(f"meta must be a mapping of JSON values, got {type(meta).__name__}")
+    if unit_activity and not activations:
+        raise MonitorError("unit_activity=True reads the layers' outputs: it needs activations=True")
     histogram_every = _count("histogram_every", histogram_every, 0)
     if distributed is not False and histogram_every:
         raise MonitorError("histograms are not supported with distributed=... (one rank's output-gradient "
@@ -89,7 +93,8 @@ def make_options(*, every: Any = 1, first_step: Any = 0, layers: Sequence[str] |
         kernel_every=_count("kernel_every", kernel_every, 1), kernel_max_mb=float(kernel_max_mb),
         flush_every=_count("flush_every", flush_every, 1), activations=bool(activations),
         weight_norms=bool(weight_norms), distributed=distributed is not False, fused=bool(fused),
-        eager_every=_count("eager_every", eager_every, 1), blocks=blocks, meta=dict(meta or {}),
+        eager_every=_count("eager_every", eager_every, 1), blocks=blocks, unit_activity=bool(unit_activity),
+        unit_window=_count("unit_window", unit_window, 1), meta=dict(meta or {}),
     )
 
 
@@ -116,5 +121,6 @@ def run_meta(model: nn.Module, model_type: str, options: MonitorOptions, fused: 
         "device": str(params[0].device) if params else "cpu", "rows": "leaf+owner",
         "compiled": compiled, "eager_every": options.eager_every if compiled else None,
         "blocks": None if options.blocks is None else str(options.blocks),
+        "unit_window": options.unit_window if options.unit_activity else None,
         **options.meta,
     }

@@ -21,6 +21,7 @@ from .reductions import ParamSums, queue_parameters
 from .rows import (Columns, GradSums, LayerRecord, ParamRecord, block_records, pool_activations, pool_output_grads,
                    pooled, queue_blocks, summed_histograms)
 from .snapshots import KernelSnapshots
+from .units import UnitActivity, pooled_masks
 
 
 @dataclass
@@ -86,6 +87,7 @@ class StepRecorder:
         self.ran: set[str] = set()                    # leaves seen running in any recorded step
         self.scratch = scratch
         self._segments: dict[tuple[tuple[int, ...], torch.device], torch.Tensor] = {}
+        self.units = UnitActivity(options.unit_window)
         self.snapshots = None if options.kernels is None else KernelSnapshots(
             options.kernels, options.kernel_every, options.kernel_max_mb, self.conv_weight)
 
@@ -119,6 +121,8 @@ class StepRecorder:
         act_off = _queue_calls(transfer, acts)
         grad_off = _queue_calls(transfer, grads)
         hist_off = {n: transfer.add(h) for n, h in buf.act_grad_hist.items()}
+        masks = {n: pooled_masks(items) for n, items in acts.items()} if opts.unit_activity else {}
+        unit_off = {n: (transfer.add(m), m.numel()) for n, m in masks.items() if m is not None}
 
         # Rows of this step: leaves that ran, and modules owning a parameter that received a gradient.
         names = {n for n in calls if n in table.selected}
@@ -147,7 +151,7 @@ class StepRecorder:
         if world > 1:
             local_loss = host[loss_off] if loss_off is not None else (math.nan if loss is None else _number(loss))
             loss, bad_inputs, act_off, grad_off = self._combine(host, act_off, grad_off, param_off, local_nonfinite,
-                                                                local_loss, bad_inputs, previous, world)
+                                                                local_loss, bad_inputs, previous, world, unit_off)
             loss_off = None
         grad_sums, norms = self._parameter_sums(param_off, host, weight_scale, local_nonfinite)
         params = Columns(ParamRecord)
@@ -181,6 +185,10 @@ class StepRecorder:
             a = pool_activations(act_off.get(name, []), host) if name in act_off else {
                 "act_mean": math.nan, "act_std": math.nan, "act_zero_frac": math.nan, "act_nonfinite": 0}
             g = pool_output_grads(grad_off.get(name, []), host, scale)
+            units, dead = (0, math.nan)
+            if name in unit_off:
+                o, k = unit_off[name]
+                units, dead = self.units.update(name, host[o:o + k] > 0)
             wnf = w.nonfinite + b.nonfinite
             inside = None
             if in_optimizer is not None and row.params:
@@ -193,7 +201,7 @@ class StepRecorder:
                 weight_norm=stats.l2_norm(sum(w_sq)) if weights else math.nan, update_ratio=math.nan,
                 act_grad_norm=g["act_grad_norm"], act_grad_mean_abs=g["act_grad_mean_abs"],
                 act_grad_max_abs=g["act_grad_max_abs"], act_mean=a["act_mean"], act_std=a["act_std"],
-                act_zero_frac=a["act_zero_frac"],
+                act_zero_frac=a["act_zero_frac"], units=units, dead_units=dead,
                 nonfinite=a["act_nonfinite"] + g["act_grad_nonfinite"] + wnf, act_nonfinite=a["act_nonfinite"],
                 act_grad_nonfinite=g["act_grad_nonfinite"], weight_grad_nonfinite=wnf,
                 shared_with=table.label(row.shared_with) if row.shared else "", in_optimizer=inside))
@@ -260,8 +268,9 @@ class StepRecorder:
     def _combine(self, host: np.ndarray, act_off: dict[str, list[tuple[Call, int, int]]],
                  grad_off: dict[str, list[tuple[Call, int, int]]], param_off: Mapping[str, ParamSums],
                  nonfinite: dict[str, int], loss: float, bad_inputs: float, previous: OpenStep | None,
-                 world: int) -> tuple[float, float, dict[str, list[tuple[Call, int, int]]],
-                                      dict[str, list[tuple[Call, int, int]]]]:
+                 world: int, units: Mapping[str, tuple[int, int]],
+                 ) -> tuple[float, float, dict[str, list[tuple[Call, int, int]]],
+                            dict[str, list[tuple[Call, int, int]]]]:
         """Combine this rank's numbers with every other rank's, in place in ``host`` (two collectives).
 
         Each rank's loss averages only its local batch, so a local output gradient is ``W`` times the gradient
@@ -284,7 +293,11 @@ class StepRecorder:
                             ex.add(f"w:{name}", SUM, host[off.weight]) if off.weight >= 0 else -1)
         pending = sorted(previous.shard_updates) if previous is not None else []
         updates = {name: ex.add(f"u:{name}", SUM, previous.updates[name]) for name in pending}
+        active = {n: ex.add(f"n:{n}", MAX, *host[o:o + k]) for n, (o, k) in sorted(units.items())}  # any rank
         result = ex.run(self.group)
+        for n, i in active.items():
+            o, k = units[n]
+            host[o:o + k] = result[i:i + k]
         new_acts: dict[str, list[tuple[Call, int, int]]] = {}
         for n, items in act_off.items():
             new_acts[n] = []

@@ -41,6 +41,8 @@ class LayerRecord:
     act_mean: float
     act_std: float
     act_zero_frac: float
+    units: int                         # units along the output's unit axis (0: per-unit activity not recorded)
+    dead_units: float                  # fraction of them not active over the last unit_window recordings
     nonfinite: int
     act_nonfinite: int
     act_grad_nonfinite: int

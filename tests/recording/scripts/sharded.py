@@ -20,12 +20,17 @@ from diagnostics.recording import distributed as combine
 
 COLUMNS = ["weight_grad_norm", "weight_grad_mean_abs", "weight_grad_max_abs", "bias_grad_norm", "weight_norm",
            "update_ratio", "act_grad_norm", "act_grad_mean_abs", "act_grad_max_abs", "act_mean", "act_std",
-           "act_zero_frac", "calls"]
+           "act_zero_frac", "calls", "units", "dead_units"]
 
 
 def make() -> nn.Sequential:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 15), nn.Tanh(), nn.Linear(15, 3))
+    model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 15), nn.Tanh(), nn.Linear(15, 3))
+    with torch.no_grad():                   # ReLU unit 0 follows x[:, 0] (> 0 on rank 1 only); unit 1 never fires
+        model[0].weight[:2] = 0.0
+        model[0].weight[0, 0] = 1.0
+        model[0].bias[:2] = torch.tensor([0.0, -1.0])
+    return model
 
 
 class Counting:
@@ -101,8 +106,11 @@ def main(mode: str) -> None:
     per_step = []
     torch.manual_seed(1)
     batches = [(torch.randn(8, 6), torch.randint(0, 3, (8,))) for _ in range(3)]
-    with dx.GradientMonitor(trained, optimizer=opt, distributed=True) as mon, \
-            dx.GradientMonitor(twin, optimizer=twin_opt) as reference:
+    for x, _ in batches:
+        x[:, 0] = x[:, 0].abs() * torch.tensor([-1.0] * 4 + [1.0] * 4)     # rank 0's half: unit 0 inactive
+    # unit_window=1: a unit is dead when no sample of the global batch activates it, an OR across the ranks
+    with dx.GradientMonitor(trained, optimizer=opt, distributed=True, unit_activity=True, unit_window=1) as mon, \
+            dx.GradientMonitor(twin, optimizer=twin_opt, unit_activity=True, unit_window=1) as reference:
         for x, y in batches:
             part = slice(rank * 4, rank * 4 + 4)
             loss = nn.functional.cross_entropy(trained(x[part]), y[part])
@@ -130,6 +138,9 @@ def main(mode: str) -> None:
                 assert (math.isnan(a) and math.isnan(b)) or math.isclose(a, b, rel_tol=1e-5, abs_tol=1e-9), \
                     (mode, column, list(got[column]), list(want[column]))
         assert got["update_ratio"].notna().sum() == 3 * 3, got["update_ratio"]  # every step, also the last
+        relu = got[got["layer"] == "1"]
+        # unit 1 is dead, unit 0 is not (rank 0 alone would call it dead): the ranks' activity was OR-ed
+        assert list(relu["units"]) == [16] * 3 and relu["dead_units"].min() == 1 / 16, relu["dead_units"]
     assert max(per_step) <= 2, per_step
     assert combine.COUNTER["collectives"] == sum(per_step) + (2 if mode == "fsdp2" else 0), per_step
     dist.barrier()
