@@ -1,12 +1,14 @@
-"""Rebuild the model a checkpoint's weights belong to: the project's CNN family or a torchvision classifier."""
+"""Rebuild the model a checkpoint's weights belong to: the project's CNNs, torchvision and timm classifiers,
+Hugging Face models and ``torch.export`` programs."""
 
 from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -91,14 +93,26 @@ def match_torchvision(state: dict[str, torch.Tensor]) -> list[Candidate]:
     return sorted((score(n, state, num_classes) for n in _candidates_for(state)), key=lambda c: c.errors)
 
 
+if TYPE_CHECKING:
+    from .probing import Batch
+
+
 @dataclass
 class BuiltModel:
-    """A rebuilt model and where its architecture came from."""
+    """A rebuilt model, where its architecture came from and how well the file's keys fit it."""
 
     model: nn.Module
     architecture: str               # e.g. "resnet18" or "project CNN (residual+batchnorm, depth 20)"
-    input_shape: tuple[int, ...]    # (C, H, W) or (C, L) a probe feeds it
+    input_shape: tuple[int, ...]    # (C, H, W) or (C, L) a probe feeds it; () when make_batch does
     config: dict | None = None
+    family: str = ""                # e.g. "torchvision resnet", "timm convnext", "transformers gpt2"
+    fixed_size: bool = False        # the input size is part of the weights (ViT position embeddings)
+    make_batch: Callable[[int, int], Batch] | None = None   # (batch size, seed) -> a synthetic batch that fits
+    loss: str = "cross_entropy"     # the probe's default loss for it ("model_loss": the model's own)
+    matched: int = 0                # the file's keys the model has, with the same shapes
+    missing: list[str] = field(default_factory=list)        # the model's keys the file lacks (tied ones)
+    unexpected: list[str] = field(default_factory=list)     # the file's keys the model ignores
+    alternatives: list[str] = field(default_factory=list)   # other architectures the weights fit as well
 
 
 def build_model(ckpt: Checkpoint) -> nn.Module:
@@ -110,13 +124,26 @@ def build_model(ckpt: Checkpoint) -> nn.Module:
     return rebuild(ckpt).model
 
 
-def rebuild(ckpt: Checkpoint) -> BuiltModel:
+def rebuild(ckpt: Checkpoint, *, timm_name: str | None = None, budget: int | None = None) -> BuiltModel:
     """Rebuild the architecture of a checkpoint and load its weights (strictly), with a description.
+
+    Tried in order: this project's recorded CNN config, a Hugging Face config, a ``torch.export`` program, the
+    timm model ``timm_name`` if given, an exact torchvision classifier, then the timm signature index
+    (:mod:`.timm_index`). Nothing is built before its size is checked against the memory ``budget``.
 
     Raises:
         CheckpointError: The architecture is unknown; the message lists the closest candidates with their
             missing and unexpected keys.
     """
+    budget = budget_bytes(budget)
+    if ckpt.format == "huggingface":
+        from .huggingface import rebuild_hf
+
+        return rebuild_hf(ckpt, budget)
+    if ckpt.program is not None:
+        return _rebuild_exported(ckpt)
+    if timm_name:
+        return rebuild_timm(ckpt, timm_name, budget)
     if ckpt.architecture is not None:
 
         try:
@@ -131,20 +158,111 @@ def rebuild(ckpt: Checkpoint) -> BuiltModel:
                           shape, config.to_dict())
     candidates = match_torchvision(ckpt.state_dict)
     exact = [c for c in candidates if c.exact]
+    from .timm_index import recognise_timm
+
+    timm_match = recognise_timm({k: tuple(v.shape) for k, v in ckpt.state_dict.items()})
+    if not exact and timm_match is not None:
+        return rebuild_timm(ckpt, timm_match.name, budget, timm_match.alternatives)
     if not exact:
         closest = "; ".join(
             f"{c.name}: {len(c.missing)} missing (e.g. {c.missing[:3]}), {len(c.unexpected)} unexpected "
             f"(e.g. {c.unexpected[:3]}), {len(c.mismatched)} with other shapes (e.g. {c.mismatched[:2]})"
             for c in candidates[:3])
         raise CheckpointError(f"{ckpt.source}: the weights match no known architecture (this project's CNNs and "
-                              f"torchvision's resnet, vgg, densenet, mobilenet and efficientnet families). Closest: "
-                              f"{closest}. The weight-only views (norms, kernels) still work.")
+                              f"torchvision's resnet, vgg, densenet, mobilenet and efficientnet families, and timm's "
+                              f"{', '.join(FAMILIES_TIMM)}). Closest: {closest}. Pick the timm model by name if it is "
+                              "one; the weight-only views (norms, kernels) still work.")
     best = exact[0]
     import torchvision
 
     model = torchvision.models.get_model(best.name, weights=None, num_classes=best.num_classes)
     _load(model, ckpt)
-    return BuiltModel(model, best.name, (3, 224, 224))  # torchvision's ImageNet size; a probe may use less
+    also = [f"timm {timm_match.name}"] + [f"timm {n}" for n in timm_match.alternatives] if timm_match else []
+    family = next(f for f, (names, _) in FAMILIES.items() if best.name in names)
+    return BuiltModel(model, best.name, (3, 224, 224), family=f"torchvision {family}",  # a probe may use less
+                      matched=len(ckpt.state_dict), alternatives=[c.name for c in exact[1:]] + also)
+
+
+FAMILIES_TIMM = ("resnet", "resnetv2", "efficientnet", "mobilenetv3", "convnext", "vit", "deit", "swin", "regnet",
+                 "densenet")
+
+
+def rebuild_timm(ckpt: Checkpoint, name: str, budget: int, alternatives: list[str] | None = None) -> BuiltModel:
+    """The timm model ``name`` (random init, no download) with the checkpoint's weights loaded strictly.
+
+    The model is built on the meta device first: its size is checked against ``budget`` and its keys and
+    shapes against the file's, so a wrong pick is reported (missing, unexpected, other shapes) before
+    anything is allocated. The head's size comes from the file (``num_classes=0`` when it has none).
+
+    Raises:
+        CheckpointError: Not a timm model name, over the budget, or weights that do not fit it.
+    """
+    import timm
+
+    from .timm_index import model_shapes
+
+    if name not in timm.list_models():
+        raise CheckpointError(f"{name!r} is not a timm model name (timm {timm.__version__}); pick one from the list")
+    _, head, input_size = model_shapes(name)
+    weight = ckpt.state_dict.get(f"{head[0]}.weight") if head else None
+    classes = int(weight.shape[0]) if weight is not None else 0
+    expected, _, _ = model_shapes(name, num_classes=classes)
+    cost = sum(math.prod(s) * 4 for s in expected.values())
+    if cost > budget:
+        raise over_budget(ckpt.source, f"timm's {name}", cost, budget)
+    got = {k: tuple(v.shape) for k, v in ckpt.state_dict.items()}
+    candidate = Candidate(name, classes, sorted(set(expected) - set(got)), sorted(set(got) - set(expected)),
+                          sorted(k for k in set(expected) & set(got) if expected[k] != got[k]))
+    if not candidate.exact:
+        raise CheckpointError(
+            f"{ckpt.source}: the weights do not fit timm's {name}: {len(candidate.missing)} missing (e.g. "
+            f"{candidate.missing[:3]}), {len(candidate.unexpected)} unexpected (e.g. {candidate.unexpected[:3]}), "
+            f"{len(candidate.mismatched)} with other shapes (e.g. {candidate.mismatched[:3]}). The weight-only "
+            "views still work.")
+    model = timm.create_model(name, pretrained=False, num_classes=classes)
+    _load(model, ckpt)
+    patch = getattr(model, "patch_embed", None)
+    fixed = bool(getattr(patch, "strict_img_size", False)) or any("relative_position" in k for k in expected)
+    family = next((f for f in FAMILIES_TIMM if name.startswith(f) or name.startswith(f"tf_{f}")), "other")
+    return BuiltModel(model, f"timm {name}", input_size, family=f"timm {family}", fixed_size=fixed,
+                      matched=len(expected), alternatives=[f"timm {n}" for n in alternatives or []])
+
+
+def _rebuild_exported(ckpt: Checkpoint) -> BuiltModel:
+    from .exported import rebuild_exported
+    from .probing import Batch
+
+    archive = ckpt.program
+    module = rebuild_exported(archive, ckpt.source)
+    args, kwargs = archive.example_inputs or ((), {})
+    out = archive.program.graph_module.graph.output_node().args[0]
+    val = out[0].meta.get("val") if isinstance(out, (tuple, list)) and out and hasattr(out[0], "meta") else None
+    loss = "cross_entropy" if val is not None and val.dim() == 2 and val.is_floating_point() else "sum_of_squares"
+
+    def like(t: Any, gen: torch.Generator) -> Any:
+        if not isinstance(t, torch.Tensor):
+            return t
+        if t.is_floating_point():
+            return torch.randn(t.shape, generator=gen, dtype=t.dtype)
+        low, high = (int(t.min()), int(t.max())) if t.numel() else (0, 0)
+        return torch.randint(low, high + 1, t.shape, generator=gen, dtype=t.dtype)
+
+    def make_batch(batch_size: int, seed: int) -> Batch:
+        gen = torch.Generator().manual_seed(seed)
+        new_args = tuple(like(a, gen) for a in args)
+        new_kwargs = {k: like(v, gen) for k, v in kwargs.items()}
+        x: Any = new_args[0] if len(new_args) == 1 and not new_kwargs else (new_kwargs if not new_args else None)
+        if x is None:
+            raise CheckpointError(f"{ckpt.source}: the program takes several positional inputs; give a batch file")
+        shapes = [tuple(t.shape) for t in (*new_args, *new_kwargs.values()) if isinstance(t, torch.Tensor)]
+        return Batch(x, None, f"synthetic inputs shaped like the archive's sample inputs {shapes} (exported with "
+                              "static shapes, so the batch size is the exported one)", True)
+
+    first = args[0] if args and isinstance(args[0], torch.Tensor) else None
+    return BuiltModel(module, f"torch.export program ({len(archive.operators)} ATen/prims operators)",
+                      tuple(first.shape[1:]) if first is not None else (), family="torch.export",
+                      fixed_size=True, make_batch=make_batch if archive.example_inputs else None, loss=loss,
+                      matched=len(ckpt.state_dict))
 
 
 def check_config(config: CNNConfig, state: dict[str, Any], name: str, budget: int | None = None) -> None:
@@ -239,10 +357,10 @@ class Recognition:
     metadata: dict
 
 
-def recognise(ckpt: Checkpoint) -> Recognition:
+def recognise(ckpt: Checkpoint, timm_name: str | None = None) -> Recognition:
     """Try to rebuild the checkpoint's model; an unknown architecture is reported, not raised."""
     try:
-        built, problem = rebuild(ckpt), None
+        built, problem = rebuild(ckpt, timm_name=timm_name), None
     except CheckpointError as exc:
         built, problem = None, str(exc)
     return Recognition(ckpt.source, ckpt.format, ckpt.parameter_count, len(ckpt.state_dict), built, problem,

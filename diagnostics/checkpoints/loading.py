@@ -8,6 +8,12 @@ Formats are recognised from the bytes, not the file name:
 * safetensors files: parsed here (the format is a JSON header and raw little-endian arrays, nothing to
   execute); the tests check the reader against files written by the ``safetensors`` package.
 * TorchScript archives: refused by default (loading one runs its code); ``allow_torchscript=True`` opts in.
+* Hugging Face model folders (a directory, or its files uploaded together): see :mod:`.huggingface`.
+* ``torch.export`` archives (``.pt2``): read by :mod:`.exported` without ``torch.export.load``.
+
+A safetensors file given as a path is memory-mapped (copy-on-write), so its tensors are pages of the file,
+read when touched, never a second copy of it; one given as a writable buffer (an upload's ``getbuffer()``)
+is viewed in place.
 """
 
 from __future__ import annotations
@@ -16,10 +22,12 @@ import argparse
 import io
 import json
 import math
+import mmap
 import os
 import re
 import struct
 import zipfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,7 +47,7 @@ DEFAULT_MAX_BYTES = 2 * 1024**3
 MAX_SAFETENSORS_HEADER = 100_000_000
 
 #: Keys under which training checkpoints commonly keep the model's weights, in the order they are tried.
-STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "net", "network", "module", "weights")
+STATE_DICT_KEYS = ("state_dict", "state_dict_ema", "model_state_dict", "model", "net", "network", "module", "weights")
 
 _SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
                        "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
@@ -64,14 +72,16 @@ class Checkpoint:
     """What was found in a checkpoint file.
 
     Attributes:
-        format: ``"state_dict"``, ``"training_checkpoint"``, ``"project_checkpoint"``, ``"safetensors"`` or
-            ``"torchscript"``.
+        format: ``"state_dict"``, ``"training_checkpoint"``, ``"project_checkpoint"``, ``"safetensors"``,
+            ``"huggingface"``, ``"torch_export"`` or ``"torchscript"``.
         state_dict: Parameter and buffer tensors only, prefixes such as ``module.`` / ``model.`` removed.
         metadata: Everything else that was saved beside the weights (epoch, hyper-parameters, ...), without
             tensors; optimizer state is summarised, not kept.
         architecture: The project's CNN config (a dict) when the file is one of ours, else None.
         stripped_prefix: The prefix removed from every key (``""`` if none).
         source: A description of where it came from (file name).
+        hf_config: The ``config.json`` of a Hugging Face model folder (a plain dict), else None.
+        program: The :class:`~.exported.ExportedArchive` of a ``.pt2`` file, else None.
     """
 
     format: str
@@ -80,16 +90,29 @@ class Checkpoint:
     architecture: dict[str, Any] | None = None
     stripped_prefix: str = ""
     source: str = ""
+    hf_config: dict[str, Any] | None = None
+    program: Any = None
 
     @property
     def parameter_count(self) -> int:
         return int(sum(t.numel() for t in self.state_dict.values() if t.is_floating_point()))
 
 
+#: A buffer the readers accept: bytes, a buffer viewed in place (memoryview) or a memory-mapped file.
+Buffer = bytes | memoryview | mmap.mmap
+
+
 def read_source(source: str | os.PathLike[str] | bytes | bytearray | memoryview | io.IOBase,
-                max_bytes: int) -> tuple[bytes, str]:
-    """The bytes of a path, bytes or file object (at most ``max_bytes``) and a name for messages."""
-    if isinstance(source, (bytes, bytearray, memoryview)):
+                max_bytes: int) -> tuple[Buffer, str]:
+    """The contents of a path, buffer or file object (at most ``max_bytes``) and a name for messages.
+
+    A memoryview is kept as it is (an upload viewed in place, not copied); a path to a safetensors file is
+    memory-mapped (:func:`map_file`); anything else is read into bytes.
+    """
+    if isinstance(source, memoryview):
+        data: Buffer = source.cast("B") if source.format != "B" else source
+        name = "uploaded bytes"
+    elif isinstance(source, (bytes, bytearray)):
         data = bytes(source)
         name = "uploaded bytes"
     elif hasattr(source, "read"):
@@ -104,22 +127,38 @@ def read_source(source: str | os.PathLike[str] | bytes | bytearray | memoryview 
         if size > max_bytes:
             raise CheckpointError(f"{name} is {size / 2**20:.0f} MB, over the {max_bytes / 2**20:.0f} MB limit; "
                                   "raise max_bytes (and server.maxUploadSize for uploads)")
-        data = path.read_bytes()
+        with path.open("rb") as f:
+            head = f.read(16)
+        data = map_file(path) if _safetensors_head(head, size) else path.read_bytes()
     if len(data) > max_bytes:
         raise CheckpointError(f"{name} is over the {max_bytes / 2**20:.0f} MB limit; raise max_bytes")
-    if not data:
+    if not len(data):
         raise CheckpointError(f"{name} is empty: save the model with torch.save(model.state_dict(), path)")
     return data, str(name)
 
 
-def detect_format(data: bytes) -> str:
-    """``"zip"`` (torch.save or TorchScript), ``"torchscript"``, ``"legacy_torch"``, ``"safetensors"``,
-    ``"pickle"`` or ``"unknown"`` — from the bytes alone."""
+def map_file(path: str | os.PathLike[str]) -> mmap.mmap:
+    """``path`` memory-mapped copy-on-write: its pages are read when touched and never written back, so the
+    tensors viewing it may even be changed in place without touching the file."""
+    with open(path, "rb") as f:
+        return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+
+
+def _safetensors_head(head: bytes, size: int) -> bool:
+    """Whether a file of ``size`` bytes starting with ``head`` (16 bytes) is laid out as a safetensors file."""
+    return len(head) >= 9 and head[8:9] == b"{" and 2 <= struct.unpack("<Q", head[:8])[0] <= size - 8
+
+
+def detect_format(data: Buffer) -> str:
+    """``"zip"`` (torch.save or TorchScript), ``"torchscript"``, ``"pt2"`` (a ``torch.export`` archive),
+    ``"legacy_torch"``, ``"safetensors"``, ``"pickle"`` or ``"unknown"`` — from the bytes alone."""
     if data[:4] == b"PK\x03\x04":
         try:
             names = zipfile.ZipFile(io.BytesIO(data)).namelist()
         except Exception:  # noqa: BLE001 - a damaged zip directory; torch.load then reports it as corrupt
             return "zip"
+        if any(n.count("/") == 1 and n.endswith("/archive_format") for n in names):
+            return "pt2"
         if any(n.endswith("/constants.pkl") or "/code/" in n for n in names):
             return "torchscript"
         return "zip"
@@ -127,19 +166,18 @@ def detect_format(data: bytes) -> str:
         # torch's legacy format starts with a pickled magic number; anything else is a bare pickle.
         return "legacy_torch" if b"\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8" in data[:32] or data[2:3] == b"\x8a" \
             else "pickle"
-    if len(data) >= 10:
-        (header_len,) = struct.unpack("<Q", data[:8])
-        if 2 <= header_len <= len(data) - 8 and data[8:9] == b"{":
-            return "safetensors"
+    if len(data) >= 10 and _safetensors_head(bytes(data[:9]), len(data)):
+        return "safetensors"
     return "unknown"
 
 
-def _load_safetensors(data: bytes, name: str, budget: int) -> dict[str, torch.Tensor]:
+def _load_safetensors(data: Buffer, name: str, budget: int) -> dict[str, torch.Tensor]:
     """Read a safetensors file: an 8-byte header length, a JSON header, then raw little-endian arrays.
 
     Like the official reader, every entry must lie inside the file and no two may overlap; the header and
-    the tensors together are checked against ``budget`` before any tensor is made. Each tensor is one copy
-    of its bytes.
+    the tensors together are checked against ``budget`` before any tensor is made. From immutable bytes each
+    tensor is one copy of its bytes; from a memory map or a writable memoryview each tensor views the buffer
+    in place (no copy), unless it is not aligned to its element size.
     """
     (header_len,) = struct.unpack("<Q", data[:8])
     limit = min(MAX_SAFETENSORS_HEADER, budget // PICKLE_EXPANSION)
@@ -147,7 +185,7 @@ def _load_safetensors(data: bytes, name: str, budget: int) -> dict[str, torch.Te
         raise over_budget(name, f"a safetensors header of {megabytes(header_len)}", header_len * PICKLE_EXPANSION,
                           budget)
     try:
-        header = json.loads(data[8:8 + header_len])
+        header = json.loads(bytes(data[8:8 + header_len]))
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise CheckpointError(f"{name}: the safetensors header is not valid JSON ({type(exc).__name__})") from None
     if not isinstance(header, dict):
@@ -179,10 +217,15 @@ def _load_safetensors(data: bytes, name: str, budget: int) -> dict[str, torch.Te
     if total > budget:
         raise over_budget(name, f"its {len(entries)} tensors", total, budget)
     view = memoryview(data)
+    in_place = not view.readonly
     tensors = {}
     for start, end, key, dtype, shape in entries:
-        raw = bytearray(view[base + start:base + end])
-        flat = torch.frombuffer(raw, dtype=dtype) if raw else torch.empty(0, dtype=dtype)
+        if end == start:
+            flat = torch.empty(0, dtype=dtype)
+        elif in_place and (base + start) % dtype.itemsize == 0:
+            flat = torch.frombuffer(data, dtype=dtype, count=(end - start) // dtype.itemsize, offset=base + start)
+        else:
+            flat = torch.frombuffer(bytearray(view[base + start:base + end]), dtype=dtype)
         tensors[key] = flat.reshape(shape)
     return tensors
 
@@ -281,12 +324,15 @@ def _plain(value: Any, depth: int = 0) -> Any:
     return repr(value)[:200]
 
 
-def load_checkpoint(source: str | os.PathLike[str] | bytes | io.IOBase, *, max_bytes: int = DEFAULT_MAX_BYTES,
-                    allow_torchscript: bool = False, memory_budget: int | None = None) -> Checkpoint:
+def load_checkpoint(source: str | os.PathLike[str] | bytes | memoryview | io.IOBase | Mapping[str, Any], *,
+                    max_bytes: int = DEFAULT_MAX_BYTES, allow_torchscript: bool = False,
+                    memory_budget: int | None = None) -> Checkpoint:
     """Load a checkpoint safely and find the model weights in it.
 
     Args:
-        source: A path on this machine, the file's bytes, or a binary file object (e.g. an upload).
+        source: A path on this machine (a file, or a Hugging Face model folder), the file's bytes (a
+            memoryview is read in place), a binary file object (e.g. an upload), or the files of a Hugging
+            Face model uploaded together as ``{file name: bytes or memoryview}``.
         max_bytes: Largest file accepted.
         allow_torchscript: Load TorchScript archives (this runs code from the file: only for trusted files).
         memory_budget: Bytes the file may cost once loaded (default ``DIAGNOSTICS_MEMORY_BUDGET_MB``, see
@@ -295,9 +341,17 @@ def load_checkpoint(source: str | os.PathLike[str] | bytes | io.IOBase, *, max_b
     Raises:
         CheckpointError: For every file that cannot be loaded safely, with what to do instead.
     """
-    data, name = read_source(source, max_bytes)
     budget = budget_bytes(memory_budget)
+    if isinstance(source, Mapping) or (isinstance(source, (str, os.PathLike)) and Path(source).expanduser().is_dir()):
+        from .huggingface import load_hf_model
+
+        return load_hf_model(source, max_bytes=max_bytes, budget=budget)
+    data, name = read_source(source, max_bytes)
     kind = detect_format(data)
+    if kind == "pt2":
+        from .exported import load_pt2
+
+        return load_pt2(data, name, budget)
     if kind == "safetensors":
         state = _load_safetensors(data, name, budget)
         state, prefix = _strip_prefix(state)
