@@ -12,6 +12,7 @@ Workloads and configurations:
   before each recorded optimizer step).
 * the project's depth-20 residual CNN with batch norm (batch 64 of 1x8x8, 62 hooked layers): a small model,
   where the per-layer cost of the hooks weighs most.
+* per-unit activity (``unit_activity=True``, the ``dead_units`` column; off by default) on both models.
 * resnet18 compiled with Inductor (``torch.compile``), against the compiled twin: weight statistics (the
   compiled steps carry no hook) and all statistics (every ``eager_every``-th recorded step runs eagerly).
 
@@ -47,6 +48,8 @@ CONFIGS = {
     "all statistics, every=10, optimizer=": ("resnet18", {"every": 10, "with_optimizer": True}, None),
     "depth-20 cnn: all statistics, every step": ("cnn20", {}, 1.15),
     "depth-20 cnn: all statistics, fused=False": ("cnn20", {"fused": False}, None),
+    "depth-20 cnn: all statistics + unit_activity": ("cnn20", {"unit_activity": True}, None),
+    "all statistics + unit_activity (dead_units)": ("resnet18", {"unit_activity": True}, None),
     "compiled resnet18: weight statistics": ("compiled", {"activations": False, "weight_norms": False}, 1.10),
     "compiled resnet18: all statistics, eager_every=10": ("compiled", {}, 1.25),
 }
