@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Set up (idempotent) and run: `bash dev.sh app` starts the dashboard, `bash dev.sh test` runs every test.
+# Set up (idempotent) and run: `bash dev.sh app` starts the dashboard (`--token` or `--read-only` to share it,
+# see the README), `bash dev.sh test` runs every test.
 # Setup: a virtual environment in .venv, installed from requirements-dev.txt (which includes
 # requirements.txt) and the project itself in editable mode; redone only when a requirements file changes.
 set -euo pipefail
@@ -41,15 +42,17 @@ shift || true
 case "$command" in
   app)
     setup
-    # Served on 127.0.0.1 only (see .streamlit/config.toml); the README says how to expose it.
-    exec .venv/bin/python -m streamlit run app.py "$@"
+    # Served on 127.0.0.1 only (see .streamlit/config.toml); the README says how to expose it. The launcher
+    # takes --token, --read-only, --root DIR, --store DIR and --allow-host NAME and passes the rest to streamlit.
+    exec .venv/bin/python -m diagnostics.serving "$@"
     ;;
   test)
     setup
     exec .venv/bin/python -m pytest "$@"
     ;;
   *)
-    echo "usage: bash dev.sh app [streamlit options] | bash dev.sh test [pytest options]" >&2
+    echo "usage: bash dev.sh app [--token|--read-only] [--root DIR] [--allow-host NAME] [streamlit options]" \
+         "| bash dev.sh test [pytest options]" >&2
     exit 2
     ;;
 esac

@@ -50,6 +50,7 @@ def gate() -> ServeSettings:
     """
     s = settings()
     if not host_allowed(st.context.headers.get("Host"), s.allowed_hosts):
+        _no_pages()
         st.error("This dashboard does not answer to this address. Open it by its machine's name or IP address.",
                  icon=":material/block:")
         st.stop()
@@ -60,6 +61,7 @@ def gate() -> ServeSettings:
     if s.token_matches(st.query_params.get("token")):
         st.session_state[_AUTHORISED] = True
         return s
+    _no_pages()
     st.title("Gradient Flow Diagnostics")
     with st.form("gfd_token"):
         given = st.text_input("Token", type="password", key="gfd_token_field",
@@ -74,6 +76,16 @@ def gate() -> ServeSettings:
             "the token above.")
     st.stop()
     raise AssertionError("st.stop() returned")                       # pragma: no cover
+
+
+def _gate_page() -> None:
+    """The one page a refused session has: nothing (what the gate drew is all it sees)."""
+
+
+def _no_pages() -> None:
+    """Register no page but an empty, hidden one: without a call to ``st.navigation`` Streamlit would list the
+    ``pages/`` folder in the sidebar (its legacy multipage mode)."""
+    st.navigation([st.Page(_gate_page, title="Gradient Flow Diagnostics", url_path="gate")], position="hidden")
 
 
 def read_only() -> bool:

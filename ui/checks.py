@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Any
 
 import streamlit as st
 
 from diagnostics.manual import PADDING_MODES
-from diagnostics.views.catalogue import LAYERS, input_shape
+from diagnostics.serving.compute import layer_check_work
+from diagnostics.views.catalogue import LAYERS, build_layer, input_shape
 from diagnostics.views.checks import CheckView, check_view, selector_sizes
 from diagnostics.views.figures import gradient_figure
+
+from .access import check_limit, compute_queue, session_id
 
 
 class _Grid:
@@ -171,10 +175,51 @@ def input_shape_widgets(layer: str) -> tuple[int, ...]:
     return input_shape(layer, batch, channels, height, width)
 
 
-@st.cache_data(show_spinner="Checking the manual gradients…", max_entries=64)
+@st.cache_resource(show_spinner=False)
+def _results() -> OrderedDict:
+    """Finished checks of every session, newest last (read-only views; at most 64 kept)."""
+    return OrderedDict()
+
+
 def cached_check_view(layer: str, options: dict[str, Any], shape: tuple[int, ...], impl: str, seed: int) -> CheckView:
-    """:func:`~diagnostics.views.checks.check_view`, cached by its arguments (errors are not cached)."""
-    return check_view(layer, options, shape, impl=impl, seed=seed)
+    """:func:`~diagnostics.views.checks.check_view` in its turn in the process's compute queue, refused over the
+    check limit, cached by its arguments (errors are not cached).
+
+    The work is estimated on the meta device before anything runs. While it waits, its place in the queue is
+    shown; changing a setting or leaving the page (a rerun) cancels a check that has not started.
+
+    Raises:
+        ComputeLimitError: The check is over the limit (``GFD_CHECK_LIMIT_GMAC``).
+        LayerOptionsError: PyTorch refuses the options for this input.
+    """
+    key = (layer, repr(sorted(options.items())), tuple(shape), impl, seed)
+    results = _results()
+    if key in results:
+        results.move_to_end(key)
+        return results[key]
+    try:
+        work = layer_check_work(build_layer(layer, options, shape[1], seed), tuple(shape))
+    except (RuntimeError, ValueError, IndexError):
+        work = 0.0                                  # PyTorch refuses this input: the check says why, at once
+    queue = compute_queue()
+    ticket = queue.submit(session_id(), f"gradient check of {LAYERS[layer].name}", work,
+                          lambda: check_view(layer, options, shape, impl=impl, seed=seed), limit=check_limit())
+    shown = st.empty()
+    try:
+        while not ticket.wait(0.2):
+            position = queue.position(ticket)
+            shown.info(f"Waiting for its turn: number {position} in this dashboard's queue." if position else
+                       f"Checking the manual gradients (about {work:.2g} GMAC)…", icon=":material/hourglass_top:")
+    finally:
+        if not ticket.finished:
+            queue.cancel(ticket)                     # a rerun interrupted the wait: drop the check if not started
+    shown.empty()
+    if ticket.exception is not None:
+        raise ticket.exception
+    results[key] = ticket.result
+    while len(results) > 64:
+        results.popitem(last=False)
+    return ticket.result
 
 
 #: Per gradient: the pickers' widget keys and the figure title; per layer kind, the pickers' labels.

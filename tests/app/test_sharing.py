@@ -173,3 +173,27 @@ def test_two_sessions_share_one_compute_queue_with_positions_and_cancel(store):
     assert job.wait(60) and job.error is None
     first.run()
     assert not first.exception and not waiting(first) and first.selectbox(key="compare_group").value == job.group
+
+
+def test_the_largest_gradient_check_is_refused_before_it_runs(store):
+    import time
+
+    at = open_page(store, "pages/checks.py")
+    for key, value in {"chk_batch": 8, "chk_channels": 16, "chk_height": 32, "chk_width": 32,
+                       "chk_conv2d_out_channels": 32, "chk_conv2d_kernel_h": 9, "chk_conv2d_kernel_w": 9,
+                       "chk_conv2d_padding_h": 4, "chk_conv2d_padding_w": 4}.items():
+        at.number_input(key=key).set_value(value)
+    started = time.perf_counter()
+    at.run()
+    assert time.perf_counter() - started < 10                         # was 26-54 s of CPU before the limit
+    assert not at.exception
+    assert any("needs about 133 GMAC" in e and "limit of 20 GMAC" in e for e in errors(at)), errors(at)
+
+
+def test_the_upload_limit_keeps_an_upload_held_three_times_under_the_memory_budget():
+    import tomllib
+
+    from diagnostics.checkpoints.budget import DEFAULT_BUDGET_MB
+
+    config = tomllib.loads((Path(APP).parent / ".streamlit" / "config.toml").read_text())
+    assert 3 * config["server"]["maxUploadSize"] <= DEFAULT_BUDGET_MB
