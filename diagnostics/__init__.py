@@ -29,6 +29,7 @@ from .store import RunStore, RunWriter
 
 if TYPE_CHECKING:
     from . import integrations, manual, views
+    from .views.diagnosis import Finding, Thresholds, findings
 
 __version__ = "0.1.0"
 
@@ -36,14 +37,20 @@ __version__ = "0.1.0"
 _LAZY_SUBPACKAGES = ("manual", "views", "integrations")
 
 
+#: Public names defined in a lazily imported module: ``dx.findings(run, store=store)`` loads the views on first use.
+_LAZY_NAMES = {"findings": "views.diagnosis", "Finding": "views.diagnosis", "Thresholds": "views.diagnosis"}
+
+
 def __getattr__(name: str) -> Any:
     if name in _LAZY_SUBPACKAGES:
         return importlib.import_module(f".{name}", __name__)
+    if name in _LAZY_NAMES:
+        return getattr(importlib.import_module(f".{_LAZY_NAMES[name]}", __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY_SUBPACKAGES))
+    return sorted(set(globals()) | set(_LAZY_SUBPACKAGES) | set(_LAZY_NAMES))
 
 
 __all__ = [
@@ -55,6 +62,7 @@ __all__ = [
     "DataError",
     "DataSplit",
     "DiagnosticsError",
+    "Finding",
     "GradientMonitor",
     "ManualGradError",
     "ModelConfigError",
@@ -65,12 +73,14 @@ __all__ = [
     "RunStore",
     "RunWriter",
     "StoreError",
+    "Thresholds",
     "TrainConfig",
     "TrainingError",
     "__version__",
     "build_cnn",
     "build_model",
     "compare",
+    "findings",
     "integrations",
     "load_checkpoint",
     "load_dataset",

@@ -1,4 +1,4 @@
-"""Command-line interface: ``python -m diagnostics runs|export|compare|check ...``."""
+"""Command-line interface: ``python -m diagnostics runs|export|findings|compare|check ...``."""
 
 from __future__ import annotations
 
@@ -44,6 +44,25 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.format == "tensorboard":
         print(f"Open with: tensorboard --logdir {files[0].parent}")
     return 0
+
+
+def cmd_findings(args: argparse.Namespace) -> int:
+    """Print a run's findings, most severe first; exit 1 when one is at least as severe as ``--fail-on``."""
+    import json
+
+    from .views.diagnosis import SEVERITIES, findings
+
+    found = findings(args.run, store=RunStore(args.store))
+    if args.json:
+        print(json.dumps([f.as_dict() for f in found], indent=2, default=str))
+    elif not found:
+        print(f"Run {args.run}: no findings.")
+    for f in [] if args.json else found:
+        print(f"[{f.severity}] {f.kind}{f' ({f.detail})' if f.detail else ''}: {f.message}\n    Fix: {f.fix}")
+    failing = [f for f in found if SEVERITIES.index(f.severity) <= SEVERITIES.index(args.fail_on)]
+    if failing:
+        print(f"{len(failing)} finding(s) at or above {args.fail_on}.", file=sys.stderr)
+    return 1 if failing else 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -214,6 +233,17 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", default=None, help="output directory (default: exports/<run>)")
     export.add_argument("--store", default="runs", help="run store directory (default: ./runs)")
     export.set_defaults(func=cmd_export)
+
+    found = sub.add_parser("findings", help="a run's findings (vanishing, exploding, NaN, dead units, updates)",
+                           description="Print the plain-language findings of one run, each with its fix, most "
+                                       "severe first; exit 1 when one is at least as severe as --fail-on (for CI), "
+                                       "2 on errors.")
+    found.add_argument("run", help="run id (see `runs`)")
+    found.add_argument("--fail-on", choices=("problem", "warning"), default="problem",
+                       help="exit 1 on a finding of this severity or worse (default: problem)")
+    found.add_argument("--json", action="store_true", help="print the findings as JSON")
+    found.add_argument("--store", default="runs", help="run store directory (default: ./runs)")
+    found.set_defaults(func=cmd_findings)
 
     from .experiments.data import DATASETS
     from .experiments.models import ACTIVATIONS, INITS, VARIANTS

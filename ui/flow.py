@@ -10,35 +10,50 @@ from diagnostics.views.export import table_bytes, tensorboard_zip
 from diagnostics.views.gradient_flow import FlowView, flow_report
 from diagnostics.views.text import markdown_text
 
-SEVERITY = {"error": st.error, "warning": st.warning, "info": st.info}
+SEVERITY = {"problem": st.error, "warning": st.warning, "info": st.info}
 
 
 def threshold_inputs() -> Thresholds:
-    """The findings' thresholds, visible and adjustable in the sidebar."""
+    """The findings' thresholds, visible and adjustable in the sidebar (defaults: measured on the benchmark)."""
     t = Thresholds()
     with st.sidebar.expander("Finding thresholds", expanded=False):
-        t.vanishing_ratio = st.number_input("Vanishing: first/last layer below", value=t.vanishing_ratio,
-                                            format="%.0e", min_value=1e-30, max_value=1.0)
-        t.exploding_ratio = st.number_input("Exploding across depth: first/last above", value=t.exploding_ratio,
-                                            format="%.0e", min_value=1.0)
-        t.exploding_norm = st.number_input("Exploding: total gradient norm above", value=t.exploding_norm,
-                                           format="%.0e", min_value=0.0)
-        t.window = st.number_input("Sustained for at least (recorded steps)", value=t.window, min_value=1, step=1)
-        t.dead_fraction = st.slider("Dead units: zero outputs more often than", 0.5, 1.0, t.dead_fraction, 0.01)
-        low, high = st.select_slider("Healthy update ratio ‖ΔW‖/‖W‖", options=[1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0],
-                                     value=(t.update_low, t.update_high), format_func=lambda v: f"{v:.0e}")
+        t.dead_units = st.slider("Dead units: share of a layer's units never active above", 0.05, 1.0, t.dead_units,
+                                 0.05, key="flow_t_dead_units")
+        t.dead_zero_frac = st.slider("... without the per-unit statistic: zero outputs more often than", 0.5, 1.0,
+                                     t.dead_zero_frac, 0.01, key="flow_t_dead_zero_frac")
+        low, high = st.select_slider("Healthy update ratio ‖ΔW‖/‖W‖", options=[10.0 ** k for k in range(-7, 1)],
+                                     value=(t.update_low, t.update_high), format_func=lambda v: f"{v:.0e}",
+                                     key="flow_t_updates")
         t.update_low, t.update_high = float(low), float(high)
+        t.vanishing_ratio = st.number_input("Vanishing: first/last layer ‖∂L/∂Y‖ below", value=t.vanishing_ratio,
+                                            format="%.0e", min_value=1e-30, max_value=1.0, key="flow_t_vanishing")
+        t.exploding_ratio = st.number_input("Exploding across depth: first/last above", value=t.exploding_ratio,
+                                            format="%.0e", min_value=1.0, key="flow_t_exploding")
+        t.divergence_growth = st.number_input("Diverged: total norm grew more than (×)", value=t.divergence_growth,
+                                              format="%.0e", min_value=1.0, key="flow_t_divergence")
+        t.grad_to_weight = st.number_input("Exploding: ‖∂L/∂W‖/‖W‖ of a layer above", value=t.grad_to_weight,
+                                           format="%.0e", min_value=1e-3, key="flow_t_grad_to_weight")
+        t.window = int(st.number_input("Window (recorded steps)", value=t.window, min_value=1, step=1,
+                                       key="flow_t_window"))
+        t.persist = st.slider("... a lasting condition holds on at least", 0.5, 1.0, t.persist, 0.05,
+                              key="flow_t_persist")
     return t
 
 
 def show_findings(view: FlowView, names: dict[str, str]) -> None:
-    """One box per finding, most severe first; a success box for runs without findings."""
-    for run, findings in view.findings.items():
-        if not findings:
-            st.success(f"{markdown_text(names.get(run, run))}: no problems found with the current thresholds.")
+    """Per run, one box per finding (most severe first) with its fix; a success box for runs without any."""
+    for run in view.runs_in_order():
+        label = markdown_text(names.get(run, run))
+        if run in view.finding_errors:
+            st.error(f"The findings of run {label} could not be computed:")
+            st.exception(view.finding_errors[run])
+            continue
+        findings = view.findings.get(run, [])
+        if not any(f.severity != "info" for f in findings):
+            st.success(f"{label}: no problems found with the current thresholds.")
         for finding in findings:
             # A finding names runs and layers, which are data: shown literally, never as Markdown.
-            SEVERITY.get(finding.severity, st.info)(markdown_text(finding.message, limit=10_000))
+            SEVERITY[finding.severity](markdown_text(f"{finding.message} Fix: {finding.fix}", limit=10_000))
 
 
 def export_section(view: FlowView, root: str, runs: list[str], names: dict[str, str], stat: str) -> None:

@@ -17,7 +17,8 @@ import plotly.graph_objects as go
 
 from . import figures, gains
 from .gains import gain_profiles
-from .diagnosis import Finding, Thresholds, find_problems
+from .diagnosis import Finding, Thresholds, diagnose
+from .diagnosis.evidence import from_source
 from .report import html_report
 from .matrices import (Bucketed, HistogramMatrix, StatMatrix, bucket_rows, depth_profile, first_last_ratio,
                        histogram_quantiles, histogram_rows, layers_with_values, load_histograms, load_stat_matrix,
@@ -44,8 +45,7 @@ class StoreLoader:
         return load_stat_matrix(self.store, run, stat)
 
     def step_frame(self, run: str) -> pd.DataFrame:
-        return self.store.step_frame(run, columns=["step", "loss", "grad_norm_total", "nonfinite_forward_layer",
-                                                   "nonfinite_backward_layer"])
+        return self.store.step_frame(run)      # every column: the findings read the input and loss flags too
 
     def histograms(self, run: str, layer: str, kind: str) -> HistogramMatrix:
         return load_histograms(self.store, run, layer, kind)
@@ -92,6 +92,11 @@ class FlowView:
     steps: np.ndarray
     matrices: dict[str, StatMatrix]          # the shown statistic of every selected run
     block_note: str | None = None            # runs recorded without block gains (figures gain, cumulative)
+    finding_errors: dict[str, Exception] = field(default_factory=dict)   # runs whose findings failed: shown
+
+    def runs_in_order(self) -> list[str]:
+        """The runs whose findings were asked for, in the order chosen (those that failed included)."""
+        return list(dict.fromkeys([*self.matrices, *self.findings, *self.finding_errors]))
 
     def data(self) -> pd.DataFrame:
         """The shown statistic of every selected run as long rows (built on demand: it can be millions)."""
@@ -144,12 +149,13 @@ def gradient_flow_view(loader: Loader, options: FlowOptions, colors: dict[str, s
         figs["gain"] = gains.gain_figure(profiles, colors, names)
         figs["cumulative"] = gains.cumulative_figure(profiles, colors, names)
     block_note = gains.missing_note([run for run, frame in blocks.items() if frame.empty], names)
-    findings = {run: find_problems(loader.stat_matrix(run, "weight_grad_norm"),
-                                   loader.stat_matrix(run, "act_zero_frac"),
-                                   loader.stat_matrix(run, "update_ratio"), step_frames[run], options.thresholds,
-                                   name=names.get(run, run))
-                for run in runs}
-    return FlowView(figs, findings, layers, steps, matrices, block_note)
+    findings, failed = {}, {}
+    for run in runs:
+        try:
+            findings[run] = diagnose(from_source(loader, run, repr(names.get(run, run))), options.thresholds)
+        except Exception as exc:  # noqa: BLE001 - kept and shown in that run's box: one run never blanks the others
+            failed[run] = exc
+    return FlowView(figs, findings, layers, steps, matrices, block_note, failed)
 
 
 def ratio_rows(matrix: StatMatrix, max_points: int, types: Sequence[str] | None = None) -> Bucketed:

@@ -11,15 +11,16 @@ import plotly.graph_objects as go
 from .diagnosis import Finding
 from .figures import PALETTE
 
-#: The page style; the findings' colours come from the one palette (error: vermillion, warning: orange, info: blue).
+#: The page style; the findings' colours come from the one palette (problem: vermillion, warning: orange, info: blue).
 _STYLE = f"""
 body {{ font-family: system-ui, -apple-system, 'Segoe UI', sans-serif; margin: 2rem auto; max-width: 1200px;
        color: #1f2933; background: #ffffff; padding: 0 1rem; }}
 h1 {{ font-size: 1.8rem; }} h2 {{ margin-top: 2.2rem; border-bottom: 1px solid #d9e2ec; padding-bottom: .3rem; }}
 table {{ border-collapse: collapse; }} td, th {{ padding: .25rem .8rem; border-bottom: 1px solid #e4e7eb; text-align: left; }}
 .finding {{ padding: .6rem .9rem; margin: .5rem 0; border-left: 4px solid; border-radius: 3px; }}
-.error {{ border-color: {PALETTE[3]}; background: #fdf0e8; }} .warning {{ border-color: {PALETTE[1]}; background: #fff8e6; }}
+.problem {{ border-color: {PALETTE[3]}; background: #fdf0e8; }} .warning {{ border-color: {PALETTE[1]}; background: #fff8e6; }}
 .info {{ border-color: {PALETTE[0]}; background: #eaf3fa; }}
+.fix {{ display: block; margin-top: .3rem; }}
 .figure {{ margin: 1.2rem 0; }}
 """
 
@@ -31,14 +32,15 @@ def html_report(title: str, summary: Mapping[str, object], findings: Sequence[Fi
     Args:
         title: Page title (e.g. the run's name).
         summary: Label → value rows for the summary table.
-        findings: The findings to list (most severe first).
+        findings: The findings to list (most severe first), each with its fix.
         figures: Plotly figures; plotly.js is embedded once, so the file opens offline.
     """
     rows = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>"
                    for k, v in summary.items())
     if findings:
-        found = "".join(f'<div class="finding {html.escape(f.severity)}">{html.escape(f.message)}</div>'
-                        for f in findings)
+        found = "".join(f'<div class="finding {html.escape(f.severity)}"><strong>{html.escape(f.severity)}:'
+                        f'</strong> {html.escape(f.message)}<span class="fix"><strong>Fix:</strong> '
+                        f'{html.escape(f.fix)}</span></div>' for f in findings)
     else:
         found = '<div class="finding info">No problems found with the thresholds used.</div>'
     parts = []

@@ -76,10 +76,11 @@ def test_gradient_flow_thresholds_change_the_findings(recorded):
     store, runs = recorded
     at = open_page(store.root, "pages/gradient_flow.py", selected=[runs["plain"]])
     before = [e.value for e in at.warning] + [e.value for e in at.error]
-    at.sidebar.slider[0].set_value(0.5).run()            # dead-unit threshold down to 50 %
-    at.sidebar.select_slider[0].set_value((1e-6, 1e-5)).run()   # every update ratio is now "too large"
+    at.number_input(key="flow_t_vanishing").set_value(1.0).run()     # vanishing: first/last below 1
+    at.number_input(key="flow_t_exploding").set_value(1.0).run()     # exploding across depth: above 1
+    at.slider(key="flow_t_persist").set_value(0.5).run()             # ... on half the steps: one of them holds
     after = [e.value for e in at.warning] + [e.value for e in at.error]
-    assert any("Update ratios" in m and "above" in m for m in after)
+    assert any("gradients across depth" in m and "Fix" in m for m in after)
     assert after != before
 
 

@@ -1,15 +1,13 @@
-"""Data shaping, findings, figures and the HTML report of the dashboard's views, on hand-made and real data."""
+"""Data shaping, figures and the HTML report of the dashboard's views, on hand-made and real data (findings:
+tests/views/test_diagnosis.py)."""
 
 from __future__ import annotations
-
-import json
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from diagnostics.views import figures as plots
-from diagnostics.views.diagnosis import Thresholds, find_problems
 from diagnostics.views.matrices import (HistogramMatrix, StatMatrix, depth_profile, downsample, first_last_ratio,
                                        histogram_quantiles, layers_with_values, load_stat_matrix, matrix_rows,
                                        stat_matrix_from_frame, step_buckets)
@@ -100,59 +98,6 @@ def test_histogram_quantiles_interpolate_inside_bins():
                            np.array([2.0]), np.array([1.0]))
     q = histogram_quantiles(hist).iloc[0]
     assert q["q50"] == pytest.approx(-1.5) and q["q05"] == pytest.approx(-1.95) and q["zeros"] == 2
-
-
-# --- findings -----------------------------------------------------------------------------------------------
-
-def steps_frame(n, norm=1.0, forward="", backward=""):
-    return pd.DataFrame({"step": np.arange(n), "grad_norm_total": np.full(n, norm),
-                         "nonfinite_forward_layer": [forward] * n, "nonfinite_backward_layer": [backward] * n})
-
-
-def test_vanishing_is_found_with_its_evidence_and_respects_the_threshold():
-    n = 30
-    grad = matrix(np.vstack([np.full(n, 1e-7), np.full(n, 1e-3), np.ones(n)]))
-    empty = matrix(np.zeros((0, 0)))
-    found = find_problems(grad, empty, empty, steps_frame(n), name="deep plain")
-    assert [f.kind for f in found] == ["vanishing"]
-    assert "'deep plain'" in found[0].message and "'l0'" in found[0].message and "'l2'" in found[0].message
-    assert found[0].evidence["median_ratio"] == pytest.approx(1e-7)
-    assert find_problems(grad, empty, empty, steps_frame(n), Thresholds(vanishing_ratio=1e-8)) == []
-    assert find_problems(grad, empty, empty, steps_frame(n), Thresholds(window=31)) != []   # short run: whole run
-
-
-def test_a_short_dip_below_the_threshold_is_not_sustained():
-    ratio_ok = np.ones(40)
-    ratio_ok[10:15] = 1e-6
-    grad = matrix(np.vstack([ratio_ok, np.ones(40)]))
-    empty = matrix(np.zeros((0, 0)))
-    assert find_problems(grad, empty, empty, steps_frame(40)) == []
-
-
-def test_exploding_nonfinite_dead_units_and_update_ratios():
-    n = 25
-    grad = matrix(np.ones((2, n)))
-    zero = matrix([[0.99] * n, [0.1] * n], stat="act_zero_frac")
-    update = matrix([[1e-6] * n, [0.5] * n], stat="update_ratio")
-    steps = steps_frame(n, norm=1e5, backward="")
-    steps.loc[7:, "nonfinite_backward_layer"] = "l1"
-    kinds = {f.kind: f for f in find_problems(grad, zero, update, steps)}
-    assert set(kinds) == {"exploding", "nonfinite", "dead_units", "update_small", "update_large"}
-    assert "backward pass at layer 'l1' at step 7" in kinds["nonfinite"].message
-    assert "'l0' (99%)" in kinds["dead_units"].message
-    assert kinds["update_small"].evidence["layers"] == {"l0": pytest.approx(1e-6)}
-    assert list(kinds)[0] in ("exploding", "nonfinite")              # errors first
-
-
-def test_findings_on_real_recorded_runs_are_sentences(tmp_path):
-    store, runs = make_store(tmp_path / "runs")
-    loader = CachedLoader(store)
-    for run in runs.values():
-        found = find_problems(loader.stat_matrix(run, "weight_grad_norm"), loader.stat_matrix(run, "act_zero_frac"),
-                              loader.stat_matrix(run, "update_ratio"), loader.step_frame(run))
-        for f in found:
-            assert f.message.endswith(".") and f.severity in ("error", "warning", "info")
-            json.dumps(f.as_dict())
 
 
 # --- figures and views --------------------------------------------------------------------------------------

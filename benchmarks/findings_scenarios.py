@@ -1,0 +1,257 @@
+"""The labelled scenarios of benchmarks/findings.py: small runs on the bundled digits whose fault we caused.
+
+Each :class:`Scenario` is data: a model builder, an optimizer, a fault (NaN in a batch, log of a saturated
+softmax, ``zero_grad`` between backward and step, ...), the finding kinds it must raise (``expect``) and the
+kinds that are true consequences of the fault (``accept``: counted neither as hits nor as false alarms).
+``TRAIN`` is the set the thresholds were chosen on; ``HELD_OUT`` holds variants (widths, depths, learning rates,
+seeds) that were not looked at while tuning.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import diagnostics as dx
+from diagnostics.experiments.data import load_digits
+
+BATCH = 64
+
+
+# --- models (inputs: digits (N, 1, 8, 8), normalised) -------------------------------------------------------
+
+def _init_linear(layers: list[nn.Module], gain: float | None, init: str) -> None:
+    """Weights ~ N(0, (gain·c)²/fan_in) with c = √2 for "he" and 1 for "lecun"; biases 0. None: PyTorch's own."""
+    if gain is None:
+        return
+    c = math.sqrt(2.0) if init == "he" else 1.0
+    for layer in layers:
+        nn.init.normal_(layer.weight, 0.0, gain * c / math.sqrt(layer.weight.shape[1]))
+        nn.init.zeros_(layer.bias)
+
+
+def mlp(depth: int, width: int, act: str = "relu", gain: float | None = None, init: str = "lecun",
+        dead_half: int | None = None) -> nn.Sequential:
+    """``depth`` hidden Linear+activation pairs and a Linear head; ``dead_half``: that hidden layer's first half
+    of units get bias -30, so they never fire on any digit (and never get a gradient to recover)."""
+    acts = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}
+    mods: list[nn.Module] = [nn.Flatten()]
+    linears = []
+    fan_in = 64
+    for _ in range(depth):
+        linears.append(nn.Linear(fan_in, width))
+        mods += [linears[-1], acts[act]()]
+        fan_in = width
+    mods.append(nn.Linear(fan_in, 10))
+    _init_linear(linears, gain, init)
+    if dead_half is not None:
+        with torch.no_grad():
+            linears[dead_half].bias[: width // 2] = -30.0
+    return nn.Sequential(*mods)
+
+
+def cnn(width: int, bn: bool = True, depth: int = 3, dead_half: bool = False) -> nn.Sequential:
+    """3×3 conv (+BN) + ReLU blocks, global average pool, Linear head; ``dead_half``: the second conv's first
+    half of channels get bias -30 (no BN then: it would re-centre them)."""
+    mods: list[nn.Module] = []
+    c = 1
+    convs = []
+    for _ in range(depth):
+        convs.append(nn.Conv2d(c, width, 3, padding=1))
+        mods += [convs[-1], *([nn.BatchNorm2d(width)] if bn else []), nn.ReLU()]
+        c = width
+    mods += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, 10)]
+    if dead_half:
+        with torch.no_grad():
+            convs[1].bias[: width // 2] = -30.0
+    return nn.Sequential(*mods)
+
+
+class RowTransformer(nn.Module):
+    """The 8 rows of a digit as 8 tokens: embedding, one encoder layer, mean over tokens, Linear head."""
+
+    def __init__(self, d: int = 32, heads: int = 4) -> None:
+        super().__init__()
+        self.embed = nn.Linear(8, d)
+        self.pos = nn.Parameter(torch.zeros(1, 8, d))
+        self.encoder = nn.TransformerEncoderLayer(d, heads, 2 * d, dropout=0.0, batch_first=True)
+        self.head = nn.Linear(d, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.embed(x.reshape(-1, 8, 8)) + self.pos       # (N, 8, d)
+        return self.head(self.encoder(tokens).mean(dim=1))         # (N, 10)
+
+
+class PixelRNN(nn.Module):
+    """A ReLU RNN reading the 64 pixels one by one; recurrent weights ``radius`` × an orthogonal matrix."""
+
+    def __init__(self, hidden: int = 32, radius: float = 1.0) -> None:
+        super().__init__()
+        self.rnn = nn.RNN(1, hidden, nonlinearity="relu", batch_first=True)
+        self.head = nn.Linear(hidden, 10)
+        with torch.no_grad():
+            nn.init.orthogonal_(self.rnn.weight_hh_l0)
+            self.rnn.weight_hh_l0.mul_(radius)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out, _ = self.rnn(x.reshape(-1, 64, 1))                   # (N, 64, hidden)
+        return self.head(out[:, -1])                               # (N, 10)
+
+
+# --- scenarios --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Scenario:
+    """One labelled training run (trained once per seed)."""
+
+    name: str
+    build: Callable[[], nn.Module]
+    expect: frozenset[str] = frozenset()      # finding kinds (above info) the fault must raise
+    accept: frozenset[str] = frozenset()      # kinds that are true consequences of the fault
+    optimizer: str = "sgd"                    # "sgd" (momentum 0.9), "plain-sgd" or "adam"
+    lr: float = 0.05
+    steps: int = 200
+    nan_at: int | None = None                 # a NaN pixel in the batch of this step
+    log_softmax_temperature: float | None = None   # loss = nll(log(softmax(T·logits))): log(0) once saturated
+    zero_grad_bug: bool = False               # zero_grad() between backward and step: the weights never move
+    freeze: tuple[int, ...] = ()              # indices (in .parameters() order of Linear/Conv layers) frozen
+    leave_out: tuple[int, ...] = ()           # ... or left out of the optimizer (they still get gradients)
+    seeds: tuple[int, ...] = (0, 1)
+    tags: tuple[str, ...] = field(default=())
+
+    @property
+    def healthy(self) -> bool:
+        return not self.expect
+
+
+def _weight_layers(model: nn.Module) -> list[nn.Module]:
+    return [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+
+
+def _optimizer(s: Scenario, model: nn.Module) -> torch.optim.Optimizer:
+    layers = _weight_layers(model)
+    for i in s.freeze:
+        for p in layers[i].parameters():
+            p.requires_grad_(False)
+    out = {id(p) for i in s.leave_out for p in layers[i].parameters()}
+    params = [p for p in model.parameters() if p.requires_grad and id(p) not in out]
+    if s.optimizer == "adam":
+        return torch.optim.Adam(params, lr=s.lr)
+    return torch.optim.SGD(params, lr=s.lr, momentum=0.0 if s.optimizer == "plain-sgd" else 0.9)
+
+
+def _loss(s: Scenario, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    if s.log_softmax_temperature is not None:
+        probs = F.softmax(s.log_softmax_temperature * logits, dim=1)   # (N, 10), exact zeros once saturated
+        return F.nll_loss(torch.log(probs), y)
+    return F.cross_entropy(logits, y)
+
+
+def monitor_options() -> dict:
+    """``unit_activity=True`` where the monitor has it (the per-unit dead-unit statistic), else nothing."""
+    params = inspect.signature(dx.GradientMonitor).parameters
+    return {"unit_activity": True} if "unit_activity" in params else {}
+
+
+def train(s: Scenario, seed: int, store: dx.RunStore, split: str, data: dx.DataSplit | None = None) -> str:
+    """Train one scenario with one seed under a monitor; returns the run id (meta: scenario, split, seed)."""
+    data = data or load_digits(seed=0)
+    torch.manual_seed(seed)
+    model = s.build()
+    opt = _optimizer(s, model)
+    gen = torch.Generator().manual_seed(seed)
+    meta = {"scenario": s.name, "split": split, "seed": seed, "expect": sorted(s.expect),
+            "accept": sorted(s.accept)}
+    with dx.GradientMonitor(model, store, f"{s.name} s{seed}", optimizer=opt, on_nonfinite="ignore", meta=meta,
+                            flush_every=50, **monitor_options()) as mon:
+        for step in range(s.steps):
+            idx = torch.randint(0, len(data.y_train), (BATCH,), generator=gen)    # (B,)
+            x = data.x_train[idx].clone()                                          # (B, 1, 8, 8)
+            if s.nan_at == step:
+                x[0, 0, 0, 0] = math.nan
+            loss = _loss(s, model(x), data.y_train[idx])
+            loss.backward()
+            mon.step(loss=loss)
+            if s.zero_grad_bug:
+                opt.zero_grad(set_to_none=False)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        run = mon.run_id
+    return str(run)
+
+
+def _s(name: str, build: Callable[[], nn.Module], expect: str = "", accept: str = "", **kw) -> Scenario:
+    return Scenario(name, build, frozenset(expect.split()), frozenset(accept.split()), **kw)
+
+
+# Consequences a divergence may bring along: NaN/Inf after the overflow, steps far too large, dead ReLUs.
+_DIVERGED = "nonfinite update_large dead_units"
+
+TRAIN: tuple[Scenario, ...] = (
+    # healthy
+    _s("healthy cnn bn", lambda: cnn(16), lr=0.05),
+    _s("healthy mlp adam", lambda: mlp(2, 128), optimizer="adam", lr=1e-3),
+    _s("healthy mlp sgd", lambda: mlp(3, 64), lr=0.05),
+    _s("healthy transformer", lambda: RowTransformer(32), optimizer="adam", lr=1e-3),
+    _s("healthy cnn adam converged", lambda: cnn(16), optimizer="adam", lr=3e-3, steps=300),
+    # deliberately frozen or left out of the optimizer: info at most
+    _s("frozen first layers", lambda: mlp(3, 64), freeze=(0, 1)),
+    _s("not in optimizer", lambda: mlp(3, 64), leave_out=(1,)),
+    # vanishing
+    _s("vanishing sigmoid", lambda: mlp(10, 64, "sigmoid"), "vanishing", "update_small", lr=0.1),
+    _s("vanishing tanh", lambda: mlp(15, 64, "tanh", gain=0.5), "vanishing", "update_small", lr=0.05),
+    _s("vanishing relu", lambda: mlp(20, 64, "relu"), "vanishing", "update_small dead_units", lr=0.05),
+    # exploding
+    _s("exploding lr", lambda: mlp(3, 64), "exploding", _DIVERGED, lr=3.0),
+    _s("exploding init", lambda: mlp(10, 64, "relu", gain=3.0, init="he"), "exploding", _DIVERGED, lr=0.01),
+    _s("exploding chaotic tanh", lambda: mlp(20, 64, "tanh", gain=4.0), "exploding", _DIVERGED + " vanishing",
+       optimizer="adam", lr=1e-4),
+    _s("exploding rnn", lambda: PixelRNN(32, 2.0), "exploding", _DIVERGED, lr=0.01),
+    # dead units
+    _s("dead half mlp", lambda: mlp(3, 64, dead_half=1), "dead_units"),
+    _s("dead half cnn", lambda: cnn(16, bn=False, dead_half=True), "dead_units"),
+    # non-finite
+    _s("nan input", lambda: mlp(3, 64), "nonfinite", "", nan_at=60),
+    _s("log of zero", lambda: mlp(3, 64), "nonfinite", "", log_softmax_temperature=60.0, lr=0.05),
+    # learning rates
+    _s("tiny lr", lambda: mlp(3, 64), "update_small", "vanishing", optimizer="plain-sgd", lr=1e-5),
+    _s("huge lr adam", lambda: mlp(3, 128), "update_large", "dead_units exploding nonfinite", optimizer="adam",
+       lr=0.3),
+    # a training-loop bug
+    _s("zero_grad before step", lambda: mlp(3, 64), "not_updated", zero_grad_bug=True),
+    _s("zero_grad before step adam", lambda: cnn(16), "not_updated", optimizer="adam", lr=1e-3, zero_grad_bug=True),
+)
+
+HELD_OUT: tuple[Scenario, ...] = tuple(
+    replace(s, seeds=(2, 3)) for s in (
+        _s("healthy cnn bn w8", lambda: cnn(8, depth=4), lr=0.1),
+        _s("healthy mlp adam w256", lambda: mlp(3, 256), optimizer="adam", lr=3e-4),
+        _s("healthy mlp sgd d5", lambda: mlp(5, 96), lr=0.02),
+        _s("healthy transformer d48", lambda: RowTransformer(48, 6), optimizer="adam", lr=5e-4),
+        _s("healthy cnn no bn", lambda: cnn(12, bn=False), lr=0.05),
+        _s("frozen head", lambda: mlp(2, 96), freeze=(2,)),
+        _s("not in optimizer first", lambda: cnn(16), leave_out=(0,)),
+        _s("vanishing sigmoid d8 w128", lambda: mlp(8, 128, "sigmoid"), "vanishing", "update_small", lr=0.2),
+        _s("vanishing tanh d25", lambda: mlp(25, 48, "tanh", gain=0.6), "vanishing", "update_small", lr=0.05),
+        _s("vanishing relu d30", lambda: mlp(30, 32, "relu"), "vanishing", "update_small dead_units", lr=0.02),
+        _s("exploding lr 2", lambda: mlp(2, 128), "exploding", _DIVERGED, lr=2.0),
+        _s("exploding init d12", lambda: mlp(12, 48, "relu", gain=2.5, init="he"), "exploding", _DIVERGED,
+           lr=0.01),
+        _s("exploding chaotic tanh d16", lambda: mlp(16, 96, "tanh", gain=5.0), "exploding",
+           _DIVERGED + " vanishing", optimizer="adam", lr=2e-4),
+        _s("exploding rnn r1.8", lambda: PixelRNN(48, 1.8), "exploding", _DIVERGED, lr=0.005),
+        _s("dead half mlp w128", lambda: mlp(2, 128, dead_half=0), "dead_units", optimizer="adam", lr=1e-3),
+        _s("dead half cnn w24", lambda: cnn(24, bn=False, dead_half=True), "dead_units", lr=0.03),
+        _s("nan input late", lambda: cnn(8), "nonfinite", "", nan_at=120),
+        _s("log of zero t40", lambda: mlp(2, 96), "nonfinite", "", log_softmax_temperature=40.0, lr=0.1),
+        _s("tiny lr adam", lambda: mlp(2, 96), "update_small", "vanishing", optimizer="adam", lr=1e-6),
+        _s("huge lr adam cnn", lambda: cnn(16, bn=False), "update_large", "dead_units exploding nonfinite",
+           optimizer="adam", lr=0.2),
+        _s("zero_grad before step cnn", lambda: cnn(8, depth=2), "not_updated", lr=0.05, zero_grad_bug=True),
+    ))
