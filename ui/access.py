@@ -22,7 +22,7 @@ import streamlit as st
 from diagnostics.errors import AccessError
 from diagnostics.serving import ComputeQueue, ServeSettings, host_allowed
 from diagnostics.serving.compute import DEFAULT_CHECK_LIMIT_GMAC, DEFAULT_LIMIT_GMAC
-from diagnostics.views.text import markdown_text
+from diagnostics.views.text import markdown_text, message_text
 
 _AUTHORISED = "_gfd_authorised"
 _SETTINGS: dict[tuple, ServeSettings] = {}
@@ -125,7 +125,7 @@ def show_bug(exc: BaseException) -> None:
         st.exception(exc)
         return
     traceback.print_exception(exc, file=sys.stderr)
-    st.error(f"An unexpected error ({type(exc).__name__}): {markdown_text(exc, 500)}")
+    st.error(f"An unexpected error ({type(exc).__name__}): {message_text(exc, 500)}")
 
 
 @st.cache_resource(show_spinner=False)

@@ -12,7 +12,7 @@ import streamlit as st
 
 import diagnostics as dx
 from diagnostics.errors import AccessError
-from diagnostics.views.text import markdown_text, one_line
+from diagnostics.views.text import markdown_text, message_text, one_line
 
 from .access import confine, read_only, settings, show_bug
 
@@ -118,7 +118,7 @@ def run_signature(root: str, run: str) -> int:
     return dx.RunStore(root).run_version(run)
 
 
-@st.cache_resource(show_spinner=False, max_entries=128)
+@st.cache_resource(show_spinner=False, max_entries=48)      # each at most views.matrices.MAX_CELLS (32 MB)
 def _stat_matrix(root: str, run: str, stat: str, signature: int):
     from diagnostics.views.matrices import load_stat_matrix
 
@@ -194,9 +194,11 @@ def guard(what: str, expected: type[Exception] | None = None, prefix: str = "") 
 
     A :class:`~diagnostics.DiagnosticsError` says what to do, so it is shown with ``st.error``; any other
     exception is a bug and is shown with its traceback (``st.exception``; on a shared dashboard its type and
-    message only, the traceback going to the server's console), in the container the block writes to, so one bad run or widget never blanks the rest of the page. Streamlit's own stop and rerun signals
-    are ``BaseException`` and pass through. An ``expected`` library error (a widget's own refusal) is shown as
-    ``prefix`` and its message alone.
+    message only, the traceback going to the server's console), in the container the block writes to, so one
+    bad run or widget never blanks the rest of the page. Streamlit's own stop and rerun signals are
+    ``BaseException`` and pass through. An ``expected`` library error (a widget's own refusal) is shown as
+    ``prefix`` and its message alone. Messages quote names from files, so links, images and tags in them are
+    escaped (:func:`~diagnostics.views.text.message_text`).
 
     Example::
 
@@ -211,15 +213,15 @@ def guard(what: str, expected: type[Exception] | None = None, prefix: str = "") 
     except dx.DiagnosticsError as exc:
         outcome.failed = True
         if expected is not None and isinstance(exc, expected):       # the widget's own, expected refusal
-            st.error(f"{prefix} {exc}".strip(), icon=":material/block:")
-        else:
-            st.error(f"Could not {what}: {exc}")
+            st.error(message_text(f"{prefix} {exc}".strip()), icon=":material/block:")
+        else:                                                          # messages quote names from files
+            st.error(f"Could not {message_text(what, 300)}: {message_text(exc)}")
     except Exception as exc:  # noqa: BLE001 - not hidden: shown with its traceback where it happened
         outcome.failed = True
         show_bug(exc)
 
 
-@st.cache_resource(show_spinner=False, max_entries=16)
+@st.cache_resource(show_spinner=False, max_entries=8)       # each at most store.layout.MAX_SNAPSHOT_BYTES
 def kernel_snapshot(root: str, run: str, step: int, signature: int):
     """A run's kernel snapshot at one step (cached; read-only)."""
     return dx.RunStore(root).kernel_snapshot(run, step)

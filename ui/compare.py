@@ -14,7 +14,7 @@ from diagnostics.experiments.models import ACTIVATIONS, INITS, VARIANTS
 from diagnostics.experiments.jobs import ComparisonJob
 from diagnostics.experiments.presets import PRESETS
 from diagnostics.experiments.training import TrainConfig
-from diagnostics.views.text import markdown_text
+from diagnostics.views.text import csv_safe, markdown_text, message_text
 from diagnostics.views.training_comparison import CompareView
 
 from .access import compute_queue, confine, session_id
@@ -101,7 +101,7 @@ def show_view(view: CompareView, group: str) -> None:
                                          "ratio_final": "first/last ratio (last)"})
     st.dataframe(table, hide_index=True, width="stretch",
                  column_config={c: st.column_config.NumberColumn(format="%.2e") for c in table.columns if "ratio" in c})
-    st.download_button("Download the first/last ratios (CSV)", view.ratios.to_csv(index=False),
+    st.download_button("Download the first/last ratios (CSV)", csv_safe(view.ratios).to_csv(index=False),
                        f"{group}-ratios.csv", mime="text/csv", key="cmp_download_ratios")
 
 
@@ -137,7 +137,7 @@ def show_job_error(job: ComparisonJob, ticket: Any = None) -> None:
     if job.cancelled or (ticket is not None and ticket.state == "cancelled"):
         st.info("The comparison was cancelled; its runs keep the steps recorded before it stopped.")
     elif isinstance(job.exception, dx.DiagnosticsError):
-        st.error(f"The comparison stopped: {job.error}")
+        st.error(f"The comparison stopped: {message_text(job.error)}")
     else:
         st.error("The comparison stopped with an unexpected error (a bug):")
         st.exception(job.exception)

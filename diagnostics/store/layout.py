@@ -222,3 +222,23 @@ def merge(table_dir: Path, files: Sequence[tuple[int, int, Path]]) -> None:
 def compact_table(table_dir: Path) -> None:
     """Merge every file of one table into a single compact file (no-op for zero or one file)."""
     merge(table_dir, live_files(table_dir))
+
+
+#: A kernel snapshot whose members would take more than this uncompressed is refused before any is read (three
+#: layers of a large CNN take a few tens of MB; a 1.5 MB crafted .npz can ask for gigabytes).
+MAX_SNAPSHOT_BYTES = 256 * 2**20
+
+
+def check_snapshot_size(path: Path, what: str) -> None:
+    """Refuse a snapshot whose zip directory promises more than :data:`MAX_SNAPSHOT_BYTES` (the reader never
+    inflates a member past the size its directory gives, so the directory bounds what a load can take)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            total = sum(info.file_size for info in archive.infolist())
+    except zipfile.BadZipFile as exc:
+        raise ValueError(f"not an .npz archive: {exc}") from None
+    if total > MAX_SNAPSHOT_BYTES:
+        raise StoreError(f"{what} would take {total / 2**20:,.0f} MB in "
+                         f"memory, more than the {MAX_SNAPSHOT_BYTES // 2**20} MB a snapshot may take")

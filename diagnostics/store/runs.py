@@ -23,8 +23,8 @@ import pyarrow.compute as pc
 from ..errors import StoreError
 from ..recording.stats import BLOCK_COLUMNS, HIST_COLUMNS, LAYER_COLUMNS, PARAM_COLUMNS, STEP_COLUMNS
 from .layout import (ANNOTATIONS_FILE, KERNELS_DIR, META_FILE, RUN_ID_RE, SCHEMA_VERSION, TABLES, TRASH_DIR,
-                     and_filters, compact_table, new_run_id, pid_alive, read_table, snapshot_name, snapshot_step,
-                     steps_filter, write_json_atomic)
+                     and_filters, check_snapshot_size, compact_table, new_run_id, pid_alive, read_table,
+                     snapshot_name, snapshot_step, steps_filter, write_json_atomic)
 from .metadata import SAVE_NAME_CHARS, SAVE_NOTES_CHARS, SAVE_TAG_CHARS, SAVE_TAGS, read_json, validate_meta
 from .writer import RunWriter
 
@@ -310,6 +310,7 @@ class RunStore:
         """The kernel snapshot of one step (loaded with ``allow_pickle=False``)."""
         path = self._run_dir(run_id) / KERNELS_DIR / snapshot_name(step)
         try:
+            check_snapshot_size(path, f"run {run_id}: kernel snapshot of step {step}")
             with np.load(path, allow_pickle=False) as data:
                 arrays: dict[str, dict[str, np.ndarray]] = {}
                 for key in data.files:
@@ -318,6 +319,8 @@ class RunStore:
         except FileNotFoundError:
             raise StoreError(f"run {run_id} has no kernel snapshot at step {step}; "
                              f"available: {self.kernel_steps(run_id)}") from None
+        except StoreError:
+            raise
         except (OSError, ValueError) as exc:
             raise StoreError(f"run {run_id}: kernel snapshot of step {step} is unreadable ({exc})") from exc
         return KernelSnapshot(step=int(step), arrays=arrays)

@@ -15,7 +15,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from .figures import DASHES, PALETTE, _empty
-from .text import markdown_text
+from .text import markdown_text, plotly_text
 
 #: The columns of :func:`gain_profiles`.
 PROFILE_COLUMNS = ["run", "step", "block", "type", "index", "gain", "cumulative", "branch_share", "residual"]
@@ -87,7 +87,7 @@ def _profile_figure(profiles: Sequence[pd.DataFrame], column: str, colors: Mappi
         run, step = p["run"].iloc[0], int(p["step"].iloc[0])
         k = seen[run] = seen.get(run, -1) + 1
         fig.add_trace(go.Scatter(
-            x=p["index"], y=p[column], mode="lines+markers", name=f"{names.get(run, run)} · step {step}",
+            x=p["index"], y=p[column], mode="lines+markers", name=f"{plotly_text(names.get(run, run))} · step {step}",
             legendgroup=run, line={"color": colors.get(run, PALETTE[0]), "dash": DASHES[k % len(DASHES)], "width": 2},
             marker={"size": 5}, customdata=np.stack([p["block"], p["branch_share"]], axis=1),
             hovertemplate="block %{customdata[0]}<br>%{y:.3g}<br>branch share %{customdata[1]:.2f}"

@@ -11,6 +11,7 @@ import plotly.graph_objects as go
 from ..manual.conv import conv_formulas
 from ..manual.rule import Formula
 from .figures import kernel_grid_figure
+from .text import plotly_text
 
 
 @dataclass(frozen=True)
@@ -98,7 +99,7 @@ def kernel_view(arrays: dict[str, np.ndarray], layer: str, step: int, per_page: 
     for kind, title in KINDS.items():
         if kind in arrays:
             zmax = float(np.nanmax(np.abs(arrays[kind]))) if arrays[kind].size else 1.0
-            figs[kind] = kernel_grid_figure(page.arrays[kind], f"{title} — {layer}, step {step}", zmax,
+            figs[kind] = kernel_grid_figure(page.arrays[kind], f"{title} — {plotly_text(layer)}, step {step}", zmax,
                                             page.out_channels, page.in_channels)
     shape = tuple(next(iter(arrays.values())).shape)
     weight = next(f for f in conv_formulas(len(shape) - 2) if f.tensor == "weight")

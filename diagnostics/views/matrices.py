@@ -28,11 +28,20 @@ FLOW_STATISTICS: tuple[str, ...] = (
 )
 
 
+#: Cells of a (layer × step) matrix made dense at most (32 MB of float64); a run with more has its steps
+#: bucketed first (the mean of each bucket, labelled by its first step), so a crafted table cannot make
+#: a matrix of gigabytes (a 143 KB diagonal Parquet asked for 3.1 GB).
+MAX_CELLS = 4_000_000
+#: Layers of one run at most.
+MAX_LAYERS = 100_000
+
+
 @dataclass(frozen=True)
 class StatMatrix:
     """One statistic of one run: ``values[i, j]`` is layer ``layers[i]`` at step ``steps[j]`` (NaN if absent).
 
-    Rows are in forward-execution order (the ``depth`` column).
+    Rows are in forward-execution order (the ``depth`` column). A run with more than :data:`MAX_CELLS`
+    layer-steps has bucketed steps: ``steps[j]`` is a bucket's first step and ``values`` its means.
     """
 
     run: str
@@ -90,13 +99,34 @@ def _pivot(table: pa.Table | None, run: str, stat: str) -> StatMatrix:
     type_of[codes] = np.asarray(type_names, dtype=object)[type_col.indices.to_numpy(zero_copy_only=False)]
     step = table.column("step").to_numpy()                                         # (n,)
     steps = np.sort(pc.unique(table.column("step")).to_numpy())                    # (S,)
-    values = np.full((len(names), len(steps)), np.nan)
-    values[rank[codes], np.searchsorted(steps, step)] = table.column(stat).to_numpy(zero_copy_only=False)
+    if len(names) > MAX_LAYERS:
+        raise StoreError(f"run {run} names {len(names):,} layers; more than {MAX_LAYERS:,} cannot be drawn")
+    column = np.searchsorted(steps, step)                                           # (n,)
+    raw = table.column(stat).to_numpy(zero_copy_only=False).astype(np.float64)      # (n,)
+    if len(names) * len(steps) > MAX_CELLS:         # bucket the steps before anything dense is made
+        buckets = step_buckets(steps, MAX_CELLS // len(names))
+        column = np.searchsorted(buckets.starts, column, side="right") - 1
+        steps = buckets.first_step
+        values = _bucket_means(rank[codes], column, raw, (len(names), len(steps)))
+    else:
+        values = np.full((len(names), len(steps)), np.nan)
+        values[rank[codes], column] = raw
     kind_of = np.full(len(names), "leaf", dtype=object)
     if "kind" in table.column_names:                # a parameter owner that never ran is an "owner" row
         kind_of[codes] = np.asarray(table.column("kind").to_pylist(), dtype=object)
     return StatMatrix(run, stat, tuple(names[i] for i in order), tuple(type_of[order]), steps, values,
                       tuple(kind_of[order]))
+
+
+def _bucket_means(rows: np.ndarray, columns: np.ndarray, values: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """The (L, B) matrix of the mean of the finite values falling in each cell (NaN where none is finite),
+    summed without any (L, S) intermediate."""
+    flat = rows * shape[1] + columns                                                # (n,)
+    finite = np.isfinite(values)
+    sums = np.bincount(flat[finite], weights=values[finite], minlength=shape[0] * shape[1])
+    counts = np.bincount(flat[finite], minlength=shape[0] * shape[1])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(counts > 0, sums / counts, np.nan).reshape(shape)
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from plotly.subplots import make_subplots
 
 from ..experiments.comparison import CONV_TYPES, ComparisonData
 from .figures import PALETTE, variant_colors
+from .text import plotly_text
 
 #: The columns of :func:`run_ratios`.
 RATIO_COLUMNS = ["variant", "series", "depth", "init", "activation", "out_ratio_start", "out_ratio_end",
@@ -69,9 +70,10 @@ def sweep_figure(ratios: pd.DataFrame) -> go.Figure:
                                         "final held-out accuracy"))
     series = list(dict.fromkeys(ratios["series"]))
     colors = variant_colors(series)
-    for name in series:
-        rows = ratios[ratios["series"] == name].sort_values("depth")
-        color = colors.get(name, PALETTE[0])
+    for series_name in series:
+        rows = ratios[ratios["series"] == series_name].sort_values("depth")
+        name = plotly_text(series_name)                      # series names come from run metadata: data
+        color = colors.get(series_name, PALETTE[0])
         for column, dash, when in (("out_ratio_start", "solid", "step 0"), ("out_ratio_end", "dash", "end")):
             fig.add_trace(go.Scatter(x=rows["depth"], y=rows[column], mode="lines+markers", name=f"{name} · {when}",
                                      legendgroup=name, line={"color": color, "dash": dash},

@@ -18,6 +18,7 @@ import pandas as pd
 MAX_LABEL_CHARS = 120
 #: Characters Markdown (CommonMark plus Streamlit's extensions) gives a meaning to.
 _MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()<>#+\-.!|~:$=^])")
+_MESSAGE_SPECIAL = re.compile(r"([\\\[\]<>])")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]+")
 #: Metadata keys whose values are hidden wherever metadata is shown.
 SECRET_KEY = re.compile(r"key|token|password|passwd|secret|credential", re.IGNORECASE)
@@ -35,6 +36,16 @@ def markdown_text(text: object, limit: int = MAX_LABEL_CHARS) -> str:
     """``text`` for ``st.markdown`` or a widget label: one line, every Markdown and HTML character escaped, so
     it shows literally (no heading, link, image or tag)."""
     return _MARKDOWN_SPECIAL.sub(r"\\\1", one_line(text, limit))
+
+
+def message_text(text: object, limit: int = 2000) -> str:
+    """An error message for ``st.error``: one line, with the characters of links, images and HTML tags
+    (``[ ] < >``, and ``\\``) escaped, the rest of its Markdown (code spans, emphasis) kept as written.
+
+    Messages quote file names, run and layer names; this keeps a quoted ``![x](http://host/p.png)`` or
+    ``<a href>`` inert without turning every ``-`` and ``.`` of a message into an escape."""
+    flat = _MESSAGE_SPECIAL.sub(r"\\\1", one_line(text, limit))
+    return "\\" + flat if flat[:1] in ("#", "-", "+", "*", "=") else flat     # no heading or list item
 
 
 def plotly_text(text: object, limit: int = MAX_LABEL_CHARS) -> str:

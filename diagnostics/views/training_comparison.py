@@ -16,6 +16,7 @@ from .gains import cumulative_figure, gain_figure, gain_profiles, missing_note
 from .gradient_flow import ratio_rows, step_rows
 from .sweep import init_reading, is_sweep, run_ratios, sweep_figure
 from .matrices import StatMatrix, depth_profile, first_last_ratio, stat_matrix_from_frame
+from .text import markdown_text, message_text
 
 #: The first/last ratio band in which gradient flow counts as healthy.
 HEALTHY_BAND: tuple[float, float] = (0.01, 100.0)
@@ -174,9 +175,10 @@ def describe(summary: pd.DataFrame, num_classes: int = 10) -> str:
     lo, hi = HEALTHY_BAND
     sentences = []
     for row in summary.itertuples(index=False):
-        ratio, acc, name = row.ratio_median, row.accuracy, f"**{row.variant}**"
+        ratio, acc, name = row.ratio_median, row.accuracy, f"**{markdown_text(row.variant)}**"   # names are data
         if pd.notna(row.diverged_step):
-            where = f" (first NaN/Inf in layer {row.diverged_layer})" if pd.notna(row.diverged_layer) else ""
+            where = f" (first NaN/Inf in layer {message_text(row.diverged_layer)})" \
+                if pd.notna(row.diverged_layer) else ""
             sentences.append(f"{name} diverged at step {int(row.diverged_step)}{where}, so its curves stop "
                              "there; a lower learning rate usually avoids it.")
             continue
@@ -203,5 +205,5 @@ def describe(summary: pd.DataFrame, num_classes: int = 10) -> str:
     finished = summary.dropna(subset=["accuracy"])
     if len(finished) > 1:
         best = finished.loc[finished["accuracy"].idxmax()]
-        sentences.append(f"Best held-out accuracy: **{best['variant']}** ({_pct(best['accuracy'])}).")
+        sentences.append(f"Best held-out accuracy: **{markdown_text(best['variant'])}** ({_pct(best['accuracy'])}).")
     return " ".join(sentences)
