@@ -14,7 +14,7 @@ from diagnostics.experiments.models import ACTIVATIONS, INITS, VARIANTS
 from diagnostics.experiments.jobs import ComparisonJob
 from diagnostics.experiments.presets import PRESETS
 from diagnostics.experiments.training import TrainConfig
-from diagnostics.views.text import csv_safe, markdown_text, message_text
+from diagnostics.views.text import csv_safe, message_text
 from diagnostics.views.training_comparison import CompareView
 
 from .access import compute_queue, confine, session_id
@@ -115,7 +115,7 @@ def start_job(root: str, settings: dict[str, Any]) -> None:
         ticket = compute_queue().submit(session_id(), f"comparison {job.group} ({len(job.variants)} runs)",
                                         job.work, job.run, cancel=job.cancel)
     except dx.DiagnosticsError as exc:
-        st.error(f"Could not start the comparison: {markdown_text(exc, 800)}")
+        st.error(f"Could not start the comparison: {message_text(exc, 800)}")
         return
     st.session_state[JOB_KEY], st.session_state[TICKET_KEY] = job, (job.group, ticket)
 

@@ -26,6 +26,11 @@ DEFAULT_CHECK_LIMIT_GMAC = 20.0
 QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
 
 
+def gmac(work: float) -> str:
+    """A number of GMAC for messages: ``61,703,248``, ``133``, ``0.0034``."""
+    return f"{work:,.0f}" if work >= 10 else f"{work:.2g}"
+
+
 class Ticket:
     """One submitted job: its place in the queue, its state, and what it returned or raised."""
 
@@ -78,8 +83,8 @@ class ComputeQueue:
         """Refuse work over ``limit`` (default the queue's), saying both numbers."""
         limit = self.limit_gmac if limit is None else limit
         if work > limit:
-            raise ComputeLimitError(f"{what} needs about {work:,.3g} GMAC (10⁹ multiply-adds), over this "
-                                    f"dashboard's limit of {limit:,.3g} GMAC: make it smaller (fewer steps or "
+            raise ComputeLimitError(f"{what} needs about {gmac(work)} GMAC (10⁹ multiply-adds), over this "
+                                    f"dashboard's limit of {gmac(limit)} GMAC: make it smaller (fewer steps or "
                                     "runs, a smaller depth, width, batch or kernel)")
 
     def submit(self, owner: str, label: str, work: float, run: Callable[[], Any],

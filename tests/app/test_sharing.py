@@ -45,6 +45,16 @@ def same_refusal(first: list[str], second: list[str], paths: tuple[str, str]) ->
     return a
 
 
+@pytest.fixture(autouse=True)
+def _error_details_restored():
+    """The gate sets Streamlit's process-wide ``client.showErrorDetails`` when shared; later tests get it back."""
+    from streamlit import config
+
+    before = config.get_option("client.showErrorDetails")
+    yield
+    config.set_option("client.showErrorDetails", before)
+
+
 @pytest.fixture
 def store(tmp_path, monkeypatch):
     monkeypatch.setenv("GFD_STORE", str(tmp_path / "runs"))
@@ -197,3 +207,38 @@ def test_the_upload_limit_keeps_an_upload_held_three_times_under_the_memory_budg
 
     config = tomllib.loads((Path(APP).parent / ".streamlit" / "config.toml").read_text())
     assert 3 * config["server"]["maxUploadSize"] <= DEFAULT_BUDGET_MB
+
+
+def test_the_issues_comparison_is_refused_over_the_limit_before_anything_trains(store):
+    at = open_page(store, "pages/compare.py")
+    at.slider(key="cmp_depth").set_value(100)
+    at.number_input(key="cmp_width").set_value(256)
+    at.number_input(key="cmp_steps").set_value(20_000)
+    at.button(key="FormSubmitter:compare_settings-Start comparison").click().run()
+    assert not at.exception and "compare_job" not in at.session_state
+    assert any("needs about 61,703,248 GMAC" in e and "limit of 10,000 GMAC" in e for e in errors(at)), errors(at)
+
+
+def bug_page():
+    from ui.common import guard
+
+    with guard("draw the page"):
+        raise RuntimeError("boom in /srv/secret/path.py")
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["local", "read-only"])
+def test_a_bug_shows_its_traceback_locally_and_only_its_message_when_shared(store, monkeypatch, shared):
+    from streamlit import config
+
+    if shared:
+        monkeypatch.setenv("GFD_READ_ONLY", "1")
+    at = AppTest.from_function(bug_page, default_timeout=60)
+    at.run()
+    if shared:
+        assert not at.exception
+        assert errors(at) == ["An unexpected error (RuntimeError): boom in /srv/secret/path.py"]
+    else:
+        assert len(at.exception) == 1 and at.exception[0].stack_trace
+    before = config.get_option("client.showErrorDetails")
+    open_page(store)                                    # the router's gate sets Streamlit's own error details
+    assert config.get_option("client.showErrorDetails") == ("type" if shared else before)

@@ -95,3 +95,22 @@ def test_a_scan_stops_at_its_time_budget(tmp_path):
     (tmp_path / "a.png").write_bytes(b"")
     with pytest.raises(DataError, match="took longer than -1 s; give a smaller one"):
         scan_files(tmp_path, max_seconds=-1.0)
+
+
+def test_an_image_folder_with_links_to_the_whole_file_system_loads_only_its_own_images(tmp_path):
+    import time
+
+    from PIL import Image
+
+    from diagnostics.experiments.data import load_image_folder
+
+    for name in ("cat", "dog"):
+        (tmp_path / name).mkdir()
+        for i in range(3):
+            Image.new("RGB", (4, 4), (i * 40, 0, 0)).save(tmp_path / name / f"{i}.png")
+    (tmp_path / "cat" / "everything").symlink_to("/")                  # the walk: 3 GB in 42 s, unending
+    (tmp_path / "dog" / "proc-root").symlink_to("/proc/self/root")
+    started = time.perf_counter()
+    data = load_image_folder(tmp_path, image_size=4)
+    assert time.perf_counter() - started < 5
+    assert data.classes == ("cat", "dog") and len(data.y_train) + len(data.y_test) == 6
