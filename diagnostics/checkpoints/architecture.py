@@ -156,11 +156,14 @@ def rebuild(ckpt: Checkpoint, *, timm_name: str | None = None, budget: int | Non
         shape = (config.in_channels,) + (config.input_size,) * config.dims
         return BuiltModel(model, f"project CNN ({config.variant}, depth {config.depth}, {config.activation})",
                           shape, config.to_dict())
-    candidates = match_torchvision(ckpt.state_dict)
-    exact = [c for c in candidates if c.exact]
     from .timm_index import recognise_timm
 
     timm_match = recognise_timm({k: tuple(v.shape) for k, v in ckpt.state_dict.items()})
+    hinted = any(all(m in ckpt.state_dict for m in markers) for _, markers in FAMILIES.values())
+    # Without a torchvision family's marker keys, scoring every torchvision model (on the meta device) is only
+    # worth its seconds when nothing else matched: for the closest candidates of the error message.
+    candidates = match_torchvision(ckpt.state_dict) if hinted or timm_match is None else []
+    exact = [c for c in candidates if c.exact]
     if not exact and timm_match is not None:
         return rebuild_timm(ckpt, timm_match.name, budget, timm_match.alternatives)
     if not exact:
@@ -192,7 +195,8 @@ def rebuild_timm(ckpt: Checkpoint, name: str, budget: int, alternatives: list[st
 
     The model is built on the meta device first: its size is checked against ``budget`` and its keys and
     shapes against the file's, so a wrong pick is reported (missing, unexpected, other shapes) before
-    anything is allocated. The head's size comes from the file (``num_classes=0`` when it has none).
+    anything is allocated. The head's size comes from the file (``num_classes=0`` when it has none). Dropout
+    and stochastic depth are built switched off, so a probe in training mode is deterministic.
 
     Raises:
         CheckpointError: Not a timm model name, over the budget, or weights that do not fit it.
@@ -219,7 +223,10 @@ def rebuild_timm(ckpt: Checkpoint, name: str, budget: int, alternatives: list[st
             f"{candidate.missing[:3]}), {len(candidate.unexpected)} unexpected (e.g. {candidate.unexpected[:3]}), "
             f"{len(candidate.mismatched)} with other shapes (e.g. {candidate.mismatched[:3]}). The weight-only "
             "views still work.")
-    model = timm.create_model(name, pretrained=False, num_classes=classes)
+    try:                # the weights' network without dropout or stochastic depth: one probe, one answer
+        model = timm.create_model(name, pretrained=False, num_classes=classes, drop_rate=0.0, drop_path_rate=0.0)
+    except TypeError:   # a model without those options has no randomness to switch off
+        model = timm.create_model(name, pretrained=False, num_classes=classes)
     _load(model, ckpt)
     patch = getattr(model, "patch_embed", None)
     fixed = bool(getattr(patch, "strict_img_size", False)) or any("relative_position" in k for k in expected)

@@ -199,7 +199,7 @@ def float_copy(model: nn.Module, budget: int | None = None) -> tuple[nn.Module, 
 def probe(model: nn.Module, batch: Batch | torch.Tensor | None = None, loss: str | Callable = "cross_entropy",
           steps: int = 1, store: RunStore | None = None, *, input_shape: tuple[int, ...] | None = None,
           num_classes: int | None = None, lr: float = 1e-3, run_name: str = "probe", check: bool = True,
-          check_batch: int = 2, seed: int = 0, meta: dict | None = None) -> ProbeResult:
+          check_batch: int = 2, seed: int = 0, meta: dict | None = None, histograms: bool = True) -> ProbeResult:
     """Record the gradient flow of ``model`` on one batch (and optionally a few SGD steps from its weights).
 
     The model itself is never changed: the probe works on a float32 copy (see :func:`float_copy`).
@@ -223,6 +223,8 @@ def probe(model: nn.Module, batch: Batch | torch.Tensor | None = None, loss: str
         check_batch: How many inputs the manual check uses.
         seed: Seed of the synthetic batch.
         meta: Extra run metadata (e.g. the checkpoint's file name).
+        histograms: Record log10|g| histograms of every layer's output gradient (most of the probe's time
+            on large activations, e.g. two thirds of a Swin-T's at 224×224).
     """
     if steps < 1:
         raise ProbeError("steps must be at least 1")
@@ -251,7 +253,7 @@ def probe(model: nn.Module, batch: Batch | torch.Tensor | None = None, loss: str
             batch = Batch(batch.x, torch.randint(0, out.shape[-1], (len(batch.x),), generator=gen),
                           batch.source + " with random labels", batch.synthetic)
         run_meta = {"probe": True, "synthetic_batch": batch.synthetic, "batch": batch.source, **(meta or {})}
-        with GradientMonitor(work, store=store, run_name=run_name, optimizer=opt, histogram_every=1,
+        with GradientMonitor(work, store=store, run_name=run_name, optimizer=opt, histogram_every=int(histograms),
                              kernels="auto", kernel_every=1, meta=run_meta) as mon:
             for _ in range(steps):
                 output = _call(work, batch.x)

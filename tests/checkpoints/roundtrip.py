@@ -29,8 +29,8 @@ def float64_weight_grad_norms(model: nn.Module, loss_of: Callable[[nn.Module], t
             seen.add(id(p))
             if not attr.startswith("bias") and p.grad is not None:
                 squares.append(p.grad.pow(2).sum())
-        if squares:
-            norms[name] = float(torch.stack(squares).sum().sqrt())
+        if squares:                                 # the store names the root layer by its type
+            norms[name or type(ref).__name__] = float(torch.stack(squares).sum().sqrt())
     return norms
 
 
