@@ -129,14 +129,18 @@ def show_bug(exc: BaseException) -> None:
 
 
 @st.cache_resource(show_spinner=False)
-def _compute_queue(limit_gmac: float) -> ComputeQueue:
+def _compute_queue(kind: str, limit_gmac: float) -> ComputeQueue:
     return ComputeQueue(limit_gmac)
 
 
-def compute_queue() -> ComputeQueue:
-    """The one queue of heavy work of this process, shared by every session; its limit per job comes from
-    ``GFD_COMPUTE_LIMIT_GMAC`` (default :data:`~diagnostics.serving.compute.DEFAULT_LIMIT_GMAC`)."""
-    return _compute_queue(float(os.environ.get("GFD_COMPUTE_LIMIT_GMAC", DEFAULT_LIMIT_GMAC)))
+def compute_queue(kind: str = "comparisons") -> ComputeQueue:
+    """The queue of one kind of heavy work of this process, shared by every session: ``"comparisons"`` (limit
+    per job ``GFD_COMPUTE_LIMIT_GMAC``, default :data:`~diagnostics.serving.compute.DEFAULT_LIMIT_GMAC`) or
+    ``"checks"`` (``GFD_CHECK_LIMIT_GMAC``). Two kinds, so that a check of a few seconds never waits behind
+    minutes of training; each runs one job at a time."""
+    if kind == "checks":
+        return _compute_queue(kind, check_limit())
+    return _compute_queue(kind, float(os.environ.get("GFD_COMPUTE_LIMIT_GMAC", DEFAULT_LIMIT_GMAC)))
 
 
 def check_limit() -> float:

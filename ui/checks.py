@@ -13,7 +13,7 @@ from diagnostics.views.catalogue import LAYERS, build_layer, input_shape
 from diagnostics.views.checks import CheckView, check_view, selector_sizes
 from diagnostics.views.figures import gradient_figure
 
-from .access import check_limit, compute_queue, session_id
+from .access import compute_queue, session_id
 
 
 class _Grid:
@@ -198,17 +198,18 @@ def cached_check_view(layer: str, options: dict[str, Any], shape: tuple[int, ...
         results.move_to_end(key)
         return results[key]
     try:
-        work = layer_check_work(build_layer(layer, options, shape[1], seed), tuple(shape))
+        work = layer_check_work(build_layer(layer, options, shape[1], seed), tuple(shape), impl)
     except (RuntimeError, ValueError, IndexError):
         work = 0.0                                  # PyTorch refuses this input: the check says why, at once
-    queue = compute_queue()
+    queue = compute_queue("checks")
     ticket = queue.submit(session_id(), f"gradient check of {LAYERS[layer].name}", work,
-                          lambda: check_view(layer, options, shape, impl=impl, seed=seed), limit=check_limit())
+                          lambda: check_view(layer, options, shape, impl=impl, seed=seed))
     shown = st.empty()
     try:
         while not ticket.wait(0.2):
             position = queue.position(ticket)
-            shown.info(f"Waiting for its turn: number {position} in this dashboard's queue." if position else
+            shown.info(f"Waiting for its turn: number {position} in this dashboard's queue of gradient checks."
+                       if position else
                        f"Checking the manual gradients (about {work:.2g} GMAC)…", icon=":material/hourglass_top:")
     finally:
         if not ticket.finished:

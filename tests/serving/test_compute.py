@@ -85,3 +85,4 @@ def test_a_running_comparison_stops_when_cancelled(tmp_path):
 ], ids=["largest-conv", "max-pool", "relu"])
 def test_a_gradient_check_estimate_counts_one_forward_pass_times_the_passes_it_runs(module, shape, expected):
     assert layer_check_work(module, shape) == pytest.approx(expected)
+    assert layer_check_work(module, shape, "reference") == pytest.approx(12 * expected)   # its loops
