@@ -42,6 +42,16 @@ def _configured(section: str, key: str) -> object:
     return tomllib.loads(path.read_text()).get(section, {}).get(key)
 
 
+def _addresses(address: str) -> list[str]:
+    """The IP addresses visitors may use for this machine: the one served on, and those its name resolves to."""
+    found = [address] if address and address not in ("0.0.0.0", "::") else []
+    try:
+        found += sorted({str(info[4][0]) for info in socket.getaddrinfo(socket.gethostname(), None)})
+    except OSError:
+        pass                                # no resolvable name: the loopback addresses and names still pass
+    return found
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m diagnostics.serving", description=__doc__.splitlines()[0],
                                      allow_abbrev=False)
@@ -71,9 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     extra = []
     if settings.exposed:
         extra += ["--client.showErrorDetails", "type"]             # no tracebacks (server paths) for visitors
-    if args.allow_host:
-        names = [*settings.allowed_hosts, *sorted({a for a in [address] if a and a not in ("0.0.0.0", "::")})]
-        for name in names:
+    if args.allow_host:                     # Streamlit's own check has no "any IP address": list this machine's
+        names = [*settings.allowed_hosts, *_addresses(address)]
+        for name in dict.fromkeys(names):
             extra += ["--server.allowedHosts", name]
     shown = "localhost" if is_loopback(address) else (address if address not in ("", "0.0.0.0", "::")
                                                        else socket.gethostname())
