@@ -157,6 +157,22 @@ def test_a_gradient_far_larger_than_its_weights_just_before_nan_is_exploding():
     assert [(f.kind, f.detail) for f in found][:2] == [("exploding", "level"), ("nonfinite", "forward")]
 
 
+def test_a_loss_rising_a_hundredfold_is_a_divergence():
+    layers, steps = healthy()
+    steps.loc[40:45, "loss"] = [10.0, 50.0, 300.0, 90.0, 20.0, 5.0]         # 2.3 -> 300 and back
+    found = run(layers, steps)
+    assert [(f.kind, f.detail, f.steps[0]) for f in found] == [("exploding", "loss", 42)]
+    assert "the loss rose from 2.3 to 3e+02 at step 42" in found[0].message
+
+
+def test_no_advice_to_raise_the_learning_rate_while_gradients_explode():
+    layers, steps = healthy()
+    steps["loss"] = 2.3
+    tiny = layers.assign(update_ratio=np.where(layers["layer"].isin(WEIGHTS), 1e-7, np.nan))
+    assert kinds(run(tiny, steps)) == {"update_small"}
+    assert kinds(run(at(tiny, "in", "act_grad_norm", 1e3), steps)) == {"exploding"}
+
+
 def test_a_healthy_growth_of_the_norm_is_no_finding():
     layers, steps = healthy()
     steps["grad_norm_total"] = np.linspace(0.3, 30.0, len(steps))              # 100×, as loss falls
@@ -234,18 +250,35 @@ def test_tiny_updates_of_a_converged_run_or_of_normalisation_weights_are_no_find
     assert run(at(layers, "norm", "update_ratio", 1e-7), steps) == []
 
 
-def test_large_updates_on_enough_steps_are_too_large():
+def large(layers: pd.DataFrame, names: tuple[str, ...], steps: slice) -> pd.DataFrame:
+    for name in names:
+        layers = at(layers, name, "update_ratio", 0.5, steps=steps)
+    return layers
+
+
+def test_large_updates_of_most_layers_on_enough_steps_are_too_large():
     layers, steps = healthy()
-    assert run(at(layers, "mid", "update_ratio", 0.5, steps=slice(0, 4)), steps) == []      # 4 steps: not yet
-    found = run(at(layers, "mid", "update_ratio", 0.5, steps=slice(0, 5)), steps)
-    assert [(f.kind, f.layers) for f in found] == [("update_large", ("mid",))]
+    assert run(large(layers, ("in", "mid"), slice(0, 4)), steps) == []          # 4 steps: not yet
+    assert run(large(layers, ("mid",), slice(0, 5)), steps) == []               # 1 of 3 layers: no lr verdict
+    found = run(large(layers, ("in", "mid"), slice(0, 5)), steps)
+    assert [(f.kind, f.layers) for f in found] == [("update_large", ("in", "mid"))]
+    assert "2 of 3 layer(s)" in found[0].message
+
+
+def test_a_zero_update_under_a_vanishing_gradient_is_rounding_not_a_lost_update():
+    layers, steps = healthy()
+    layers = at(at(layers, "in", "update_ratio", 0.0), "in", "weight_grad_norm", 1e-9)     # 2e-10 of ‖W‖
+    assert kinds(run(layers, steps)) == set()
+    steps["loss"] = 2.3
+    assert kinds(run(layers, steps)) == set()                                   # 1 of 3 layers small
 
 
 def test_a_zero_initialised_parameter_growing_is_not_too_large():
     layers, steps = healthy()
-    grows = at(at(layers, "mid", "update_ratio", 0.9, steps=slice(0, 10)), "mid", "weight_norm", 0.0,
-               steps=slice(0, 1))
-    grows = at(grows, "mid", "weight_norm", 0.01, steps=slice(1, 10))
+    grows = large(layers, ("in", "mid"), slice(0, 10))
+    for name in ("in", "mid"):
+        grows = at(at(grows, name, "weight_norm", 0.0, steps=slice(0, 1)), name, "weight_norm", 0.01,
+                   steps=slice(1, 10))
     assert run(grows, steps) == []
 
 

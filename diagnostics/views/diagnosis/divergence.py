@@ -1,11 +1,12 @@
 """Exploding gradients in the total norm, judged against the run's own history.
 
-Three signs, each at its first step: **divergence** (the total gradient norm grew ``divergence_growth`` times
-above the median of the run's first five finite steps), **overflow** (the norm became +Inf before anything became
+Four signs, each at its first step: **divergence** (the total gradient norm grew ``divergence_growth`` times
+above the median of the run's first five finite steps), **loss** (a positive loss rose ``loss_growth`` times
+above its first steps: a run that learns never does that), **overflow** (the norm became +Inf before anything became
 NaN, and neither the input nor the loss was the origin), and **level** (some layer's weight gradient was
 ``grad_to_weight`` times the norm of its weights, ‖∂L/∂W‖/‖W‖, on ``persist`` of a window of steps or on the last
 step before the run turned non-finite: with any usual learning rate one step then moves the weights by many times
-their size). All three are scale-free: a loss of 1e4 with gradients of 1e4 is no finding by itself.
+their size). All four are scale-free: a loss of 1e4 with gradients of 1e4 is no finding by itself.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ FIX = ("lower the learning rate (e.g. 10×) or add warmup, and clip the gradient
        "one large gradient cannot throw the weights out of range.")
 
 BASELINE_STEPS = 5
+#: The loss's start is the median of its first three finite values (a divergence can begin at the fourth step).
+LOSS_BASELINE_STEPS = 3
 
 
 def total_norm(ev: Evidence, t: Thresholds) -> list[Finding]:
@@ -41,6 +44,12 @@ def total_norm(ev: Evidence, t: Thresholds) -> list[Finding]:
             signs["divergence"] = int(grown[0])
     if bad is not None and np.isposinf(norm[bad]) and origin(ev, bad)[0] not in ("input", "loss"):
         signs["overflow"] = bad
+    first_losses = loss[:end][np.isfinite(loss[:end])][:LOSS_BASELINE_STEPS]
+    start_loss = median(first_losses) if len(first_losses) else float("nan")
+    if np.isfinite(start_loss) and start_loss > 0:
+        risen = np.flatnonzero(np.isfinite(loss[:end]) & (loss[:end] >= t.loss_growth * start_loss))
+        if len(risen):
+            signs["loss"] = int(risen[0])
     relative = _relative_gradient(ev)
     high = np.isfinite(relative[:end]) & (relative[:end] >= t.grad_to_weight)
     window = lasting(high, np.isfinite(relative[:end]), t.window, t.persist)
@@ -58,6 +67,8 @@ def total_norm(ev: Evidence, t: Thresholds) -> list[Finding]:
         "divergence": f"the total gradient norm grew from {fmt(base)} (its first steps) to {fmt(norm[index])} at "
                       f"step {step}, {fmt(norm[index] / base)}× — the run diverged at step {step}",
         "overflow": f"the total gradient norm overflowed to Inf at step {step} before any NaN appeared",
+        "loss": f"the loss rose from {fmt(start_loss)} to {fmt(loss[index])} at step {step}, "
+                f"{fmt(loss[index] / start_loss)}× — the run diverged at step {step}",
         "level": f"a layer's weight gradient was {fmt(relative[index])}× its weights' own norm at step {step} "
                  f"(‖∂L/∂W‖/‖W‖; about 0.01–1 in healthy runs), so any usual learning rate throws the weights out "
                  f"of range",

@@ -39,8 +39,14 @@ def diagnose(ev: Evidence, thresholds: Thresholds | None = None) -> list[Finding
 
 
 def link_consequences(found: list[Finding]) -> list[Finding]:
-    """When gradients exploded before NaN/Inf appeared, list the explosion first and say the NaN followed it."""
+    """When gradients exploded before NaN/Inf appeared, list the explosion first and say the NaN followed it.
+
+    With exploding gradients, "updates too small, raise the learning rate" would contradict the fix of the
+    explosion, so it is left out.
+    """
     exploding = [f for f in found if f.kind == "exploding" and f.steps is not None]
+    if exploding:
+        found = [f for f in found if f.kind != "update_small"]
     nonfinite = [f for f in found if f.kind == "nonfinite" and f.steps is not None and f.severity != "info"]
     if not exploding or not nonfinite:
         return found

@@ -3,8 +3,10 @@
 A weight that does not move is, in this order: **frozen** (no gradient: ``requires_grad=False``), **not in the
 optimizer** (gradient, but the monitor's ``in_optimizer`` is false), **without gradient** (its gradient is exactly
 zero: a dead path, reported by the dead-unit and depth rules), or a **lost update** (in the optimizer, a non-zero
-gradient, and still ΔW = 0 exactly: ``zero_grad()`` between ``backward()`` and ``step()``, or a learning rate of
-0). The first two are notes; a lost update is a problem. Sizes are judged only on layers that really learn,
+gradient large enough to move them (‖∂L/∂W‖/‖W‖ ≥ 1e-3), and still ΔW = 0 exactly: ``zero_grad()`` between
+``backward()`` and ``step()``, or a learning rate of 0); a smaller gradient can round away in float32 and counts as
+a tiny update. The first two are notes; a lost update is a problem. "Too large" is a learning-rate verdict, so it
+needs at least half of the moving layers (one layer of a deep stack alone is no verdict). Sizes are judged only on layers that really learn,
 never on normalisation weights (their scales move 1e-5–1e-4 of their norm in healthy runs), and only once the run
 has ``min_update_steps`` recorded steps. "Too small" also needs a loss that is not falling, so a converged run is
 not told to raise its learning rate.
@@ -55,6 +57,8 @@ def update_sizes(ev: Evidence, t: Thresholds) -> list[Finding]:
     grad = ev.values("weight_grad_norm")[:, -w:]
     update = ev.values("update_ratio")[:, -w:]
     held = ev.values("in_optimizer")[:, -w:]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        movable = grad / ev.values("weight_norm")[:, -w:] >= MOVABLE      # a gradient no lr could round away
     steps = (int(ev.steps[-w]), int(ev.steps[-1]))
     share = t.persist * w
     groups: dict[str, list[int]] = {"frozen": [], "not_in_optimizer": [], "lost_update": [], "learning": []}
@@ -64,13 +68,13 @@ def update_sizes(ev: Evidence, t: Thresholds) -> list[Finding]:
             groups["frozen"].append(i)
         elif ((held[i] == 0) & has_grad).sum() >= share:
             groups["not_in_optimizer"].append(i)
-        elif ((held[i] != 0) & (grad[i] > 0) & (update[i] == 0)).sum() >= share:
+        elif ((held[i] != 0) & movable[i] & (update[i] == 0)).sum() >= share:
             groups["lost_update"].append(i)
-        elif ((grad[i] > 0) & (update[i] > 0)).sum() >= share:
+        elif ((grad[i] > 0) & (update[i] >= 0)).sum() >= share:
             groups["learning"].append(i)
     found = _not_updated(ev, groups, steps)
     learning = groups["learning"]
-    level = np.array([median(np.where(update[i] > 0, update[i], np.nan)) for i in learning], dtype=float)
+    level = np.array([median(update[i]) for i in learning], dtype=float)
     small = [learning[k] for k in np.flatnonzero(level < t.update_low)]
     loss = ev.column("loss")
     first, recent = median(loss[:5]), median(loss[-w:])
@@ -84,19 +88,24 @@ def update_sizes(ev: Evidence, t: Thresholds) -> list[Finding]:
             f"loss is not falling ({fmt(first)} at the start, {fmt(recent)} now): {shown}.",
             FIXES["update_small"], ev.run, tuple(ev.layers[i] for i in small), steps, "small",
             {"layers": {ev.layers[i]: float(level[learning.index(i)]) for i in small}, "threshold": t.update_low}))
-    large, count = _large(ev, [i for i in rows if not any(i in groups[g] for g in _STILL)], t)
-    if large:
+    moving = [i for i in rows if not any(i in groups[g] for g in _STILL)]
+    large, count = _large(ev, moving, t)
+    if large and len(large) * 2 >= len(moving):
         peak = {i: float(np.nanmax(ev.values("update_ratio")[i])) for i in large}
         shown = ", ".join(f"'{ev.layers[i]}' ({count[i]} steps, up to {fmt(peak[i])})" for i in large[:5])
         found.append(Finding(
             "update_large", "warning",
-            f"Run {ev.name}: updates too large: {len(large)} layer(s) changed their weights by more than "
+            f"Run {ev.name}: updates too large: {len(large)} of {len(moving)} layer(s) changed their weights by more than "
             f"{t.update_high:.0%} of their norm (‖ΔW‖/‖W‖ > {fmt(t.update_high)}) on {t.update_high_steps} or more "
             f"recorded steps: {shown}.", FIXES["update_large"].format(high=t.update_high), ev.run,
             tuple(ev.layers[i] for i in large), (int(ev.steps[0]), int(ev.steps[-1])), "large",
             {"layers": {ev.layers[i]: count[i] for i in large}, "threshold": t.update_high}))
     return found
 
+
+#: ‖∂L/∂W‖/‖W‖ from which ΔW = 0 means the update was lost: below it, lr·∂L/∂W can round away in float32
+#: (relative resolution ~6e-8) for learning rates down to 1e-4, as in a deep network whose gradient vanished.
+MOVABLE = 1e-3
 
 #: Groups of layers whose weights do not move: judged by no size rule.
 _STILL = ("frozen", "not_in_optimizer", "lost_update")
