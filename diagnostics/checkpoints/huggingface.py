@@ -114,8 +114,8 @@ def check_remote_code(config: dict[str, Any], label: str) -> None:
             "transformers if the model type is newer, or export the model with torch.export and upload the .pt2.")
 
 
-def load_hf_model(source: str | os.PathLike[str] | Mapping[str, Any], *, max_bytes: int,
-                  budget: int) -> Checkpoint:
+def load_hf_model(source: str | os.PathLike[str] | Mapping[str, Any], *, max_bytes: int, budget: int,
+                  name: str | None = None) -> Checkpoint:
     """Read a Hugging Face model folder (a directory, or its files uploaded together) without running its code.
 
     PEFT adapter folders (``adapter_config.json``) are refused: an adapter holds only low-rank deltas of a base
@@ -127,6 +127,7 @@ def load_hf_model(source: str | os.PathLike[str] | Mapping[str, Any], *, max_byt
             weights over the memory budget (all shards together).
     """
     files, label = _files(source)
+    label = name or label
     if ADAPTER_CONFIG in files:
         raise CheckpointError(
             f"{label} is a PEFT adapter (adapter_config.json): it holds only the adapter's low-rank weights, not "
@@ -164,8 +165,8 @@ def _weights(files: dict[str, Any], label: str, max_bytes: int, budget: int) -> 
     for shard in shards:
         if shard not in files:
             raise CheckpointError(f"{label}: the index lists the shard {shard!r}, which is not among the files")
-        data, _ = read_source(files[shard], max_bytes)
         name = f"{label}/{shard}"
+        data, _ = read_source(files[shard], max_bytes, name)
         if shard.endswith(".safetensors"):
             if detect_format(data) != "safetensors":
                 raise CheckpointError(f"{name} is not a safetensors file (damaged or truncated?)")

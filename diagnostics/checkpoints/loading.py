@@ -103,12 +103,24 @@ Buffer = bytes | memoryview | mmap.mmap
 
 
 def read_source(source: str | os.PathLike[str] | bytes | bytearray | memoryview | io.IOBase,
-                max_bytes: int) -> tuple[Buffer, str]:
-    """The contents of a path, buffer or file object (at most ``max_bytes``) and a name for messages.
+                max_bytes: int, name: str | None = None) -> tuple[Buffer, str]:
+    """The contents of a path, buffer or file object (at most ``max_bytes``) and a name for messages
+    (``name`` if given).
 
     A memoryview is kept as it is (an upload viewed in place, not copied); a path to a safetensors file is
     memory-mapped (:func:`map_file`); anything else is read into bytes.
     """
+    data, found = _read_source(source, max_bytes)
+    name = name or found
+    if len(data) > max_bytes:
+        raise CheckpointError(f"{name} is over the {max_bytes / 2**20:.0f} MB limit; raise max_bytes")
+    if not len(data):
+        raise CheckpointError(f"{name} is empty: save the model with torch.save(model.state_dict(), path)")
+    return data, str(name)
+
+
+def _read_source(source: Any, max_bytes: int) -> tuple[Buffer, str]:
+    """The contents and the name a source gives itself, unchecked."""
     if isinstance(source, memoryview):
         data: Buffer = source.cast("B") if source.format != "B" else source
         name = "uploaded bytes"
@@ -130,10 +142,6 @@ def read_source(source: str | os.PathLike[str] | bytes | bytearray | memoryview 
         with path.open("rb") as f:
             head = f.read(16)
         data = map_file(path) if _safetensors_head(head, size) else path.read_bytes()
-    if len(data) > max_bytes:
-        raise CheckpointError(f"{name} is over the {max_bytes / 2**20:.0f} MB limit; raise max_bytes")
-    if not len(data):
-        raise CheckpointError(f"{name} is empty: save the model with torch.save(model.state_dict(), path)")
     return data, str(name)
 
 
@@ -326,7 +334,7 @@ def _plain(value: Any, depth: int = 0) -> Any:
 
 def load_checkpoint(source: str | os.PathLike[str] | bytes | memoryview | io.IOBase | Mapping[str, Any], *,
                     max_bytes: int = DEFAULT_MAX_BYTES, allow_torchscript: bool = False,
-                    memory_budget: int | None = None) -> Checkpoint:
+                    memory_budget: int | None = None, name: str | None = None) -> Checkpoint:
     """Load a checkpoint safely and find the model weights in it.
 
     Args:
@@ -337,6 +345,7 @@ def load_checkpoint(source: str | os.PathLike[str] | bytes | memoryview | io.IOB
         allow_torchscript: Load TorchScript archives (this runs code from the file: only for trusted files).
         memory_budget: Bytes the file may cost once loaded (default ``DIAGNOSTICS_MEMORY_BUDGET_MB``, see
             :mod:`~diagnostics.checkpoints.budget`); checked before anything is materialised.
+        name: What messages call the source (e.g. an upload's file name); default: the file or folder name.
 
     Raises:
         CheckpointError: For every file that cannot be loaded safely, with what to do instead.
@@ -345,8 +354,8 @@ def load_checkpoint(source: str | os.PathLike[str] | bytes | memoryview | io.IOB
     if isinstance(source, Mapping) or (isinstance(source, (str, os.PathLike)) and Path(source).expanduser().is_dir()):
         from .huggingface import load_hf_model
 
-        return load_hf_model(source, max_bytes=max_bytes, budget=budget)
-    data, name = read_source(source, max_bytes)
+        return load_hf_model(source, max_bytes=max_bytes, budget=budget, name=name)
+    data, name = read_source(source, max_bytes, name)
     kind = detect_format(data)
     if kind == "pt2":
         from .exported import load_pt2

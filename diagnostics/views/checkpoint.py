@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -26,9 +26,9 @@ class ProbeSettings:
 
     steps: int = 1
     lr: float = 1e-3
-    loss: str = "cross_entropy"
-    image_size: int = 64                     # for torchvision models, whose input size the weights do not fix
-    batch_file: bytes | None = None          # torch.save({"x": inputs, "y": labels}) bytes
+    loss: str = "auto"                       # "auto": the model's own ("model_loss" for transformers), or a LOSSES name
+    image_size: int = 64                     # for CNNs, whose input size the weights do not fix
+    batch_file: bytes | None = None          # a batch file (see probing.load_batch_file), as bytes
     folder: str = ""                         # a folder of images in class sub-folders
 
 
@@ -69,24 +69,40 @@ def weights_view(ckpt: Checkpoint, rec: Recognition) -> WeightsView:
     return WeightsView(summary, grids)
 
 
-def probe_checkpoints(loaded: Sequence[tuple[Checkpoint, Recognition]], store: RunStore,
-                      settings: ProbeSettings) -> ProbeRuns:
-    """Record a probe run of every rebuilt checkpoint; one checkpoint's library error never stops the others."""
+def probe_checkpoints(loaded: Sequence[tuple[Checkpoint, Recognition]], store: RunStore, settings: ProbeSettings,
+                      progress: Callable[[int, int, str], None] | None = None) -> ProbeRuns:
+    """Record a probe run of every rebuilt checkpoint; one checkpoint's library error never stops the others.
+
+    Each model gets the batch file or image folder when one is given, else the synthetic batch that fits it
+    (token ids or pixel values for transformers, the archive's input shapes for ``torch.export`` programs,
+    ``settings.image_size`` images for CNNs whose weights do not fix it), flagged as synthetic.
+    ``progress(done, total, name)`` is called before each probe and once at the end.
+    """
     runs = ProbeRuns()
-    for ckpt, rec in loaded:
-        if rec.built is None:
-            continue
+    todo = [(ckpt, rec) for ckpt, rec in loaded if rec.built is not None]
+    for i, (ckpt, rec) in enumerate(todo):
+        if progress:
+            progress(i, len(todo), ckpt.source)
         built = rec.built
-        shape = built.input_shape if built.config else (built.input_shape[0], settings.image_size,
-                                                        settings.image_size)
+        fixed = built.config or built.fixed_size or len(built.input_shape) != 3
+        shape = built.input_shape if fixed else (built.input_shape[0], settings.image_size, settings.image_size)
         try:
-            batch = (load_batch_file(settings.batch_file) if settings.batch_file is not None
-                     else folder_batch(settings.folder.strip(), shape) if settings.folder.strip() else None)
-            runs.results[ckpt.source] = probe(built.model, batch, settings.loss, settings.steps, store,
-                                              input_shape=shape, lr=settings.lr, run_name=f"checkpoint {ckpt.source}",
+            if settings.batch_file is not None:
+                batch = load_batch_file(settings.batch_file)
+            elif settings.folder.strip():
+                batch = folder_batch(settings.folder.strip(), shape)
+            else:
+                batch = built.make_batch(4, 0) if built.make_batch else None
+            loss = built.loss if settings.loss == "auto" else settings.loss
+            runs.results[ckpt.source] = probe(built.model, batch, loss, settings.steps, store,
+                                              input_shape=shape or None, lr=settings.lr,
+                                              run_name=f"checkpoint {ckpt.source}",
+                                              check=built.family != "torch.export",
                                               meta={"checkpoint": ckpt.source, "architecture": built.architecture})
         except DiagnosticsError as exc:
             runs.errors[ckpt.source] = exc
+    if progress:
+        progress(len(todo), len(todo), "")
     return runs
 
 
