@@ -101,3 +101,59 @@ def test_an_unknown_architecture_still_shows_weight_views(tmp_path):
     assert any("match no known architecture" in w.value for w in at.warning)
     assert len(at.get("plotly_chart")) == 1 and len(at.dataframe) >= 1
     assert not at.button                                              # nothing to probe
+
+
+# --- Hugging Face folders, torch.export archives, timm state dicts (issue 15) ---------------------------------
+
+def hf_files(tmp_path: Path) -> list[tuple[str, bytes, str]]:
+    import transformers
+
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=100, n_positions=32,
+                                     bos_token_id=0, eos_token_id=0)
+    transformers.GPT2LMHeadModel(config).save_pretrained(tmp_path / "gpt2")
+    return [(p.name, p.read_bytes(), "application/octet-stream") for p in sorted((tmp_path / "gpt2").iterdir())]
+
+
+def test_a_hugging_face_model_a_pt2_archive_and_a_timm_state_dict_uploaded_together_are_probed(tmp_path):
+    import timm
+
+    from tests.checkpoints.test_exported import Residual, archive_of
+
+    at = checkpoint_page(tmp_path / "runs")
+    timm_model = timm.create_model("mobilenetv3_small_050", pretrained=False, num_classes=3)
+    at.file_uploader(key="ckpt_files").set_value([
+        *hf_files(tmp_path),
+        ("residual.pt2", archive_of(Residual(), torch.randn(4, 3, 8, 8)), "application/octet-stream"),
+        ("mobilenet.pth", saved(timm_model.state_dict()), "application/octet-stream")])
+    at.run()
+    assert not at.exception and not at.error
+    assert architectures(at) == ["GPT2LMHeadModel (transformers gpt2, causal_lm)",
+                                 "torch.export program (8 ATen/prims operators)", "timm mobilenetv3_small_050"]
+    assert any("Family: timm mobilenetv3" in c.value for c in at.caption)
+    at.select_slider(key="ckpt_size").set_value(32).run()
+    at.button(key="ckpt_run").click().run()
+    assert not at.exception and not at.error
+    assert len(dx.RunStore(tmp_path / "runs").run_ids()) == 3
+    synthetic = [w.value for w in at.warning if "synthetic" in w.value]
+    assert len(synthetic) == 3 and any("token ids" in w for w in synthetic)
+
+
+def test_a_model_folder_typed_as_a_path_and_a_timm_model_picked_by_name(tmp_path, monkeypatch):
+    import timm
+    import transformers
+
+    monkeypatch.setenv("GFD_ROOTS", str(tmp_path))
+    config = transformers.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                     intermediate_size=64, max_position_embeddings=32, num_labels=3)
+    transformers.BertForSequenceClassification(config).save_pretrained(tmp_path / "bert")
+    at = checkpoint_page(tmp_path / "runs")
+    at.text_input(key="ckpt_path").set_value(str(tmp_path / "bert")).run()
+    assert not at.exception and not at.error
+    assert architectures(at) == ["BertForSequenceClassification (transformers bert, sequence_classification)"]
+    at.text_input(key="ckpt_path").set_value("").run()
+    at.file_uploader(key="ckpt_files").upload("lcnet.pt", saved(timm.create_model("lcnet_050", num_classes=3)
+                                                                .state_dict())).run()
+    assert architectures(at) == ["unknown"]
+    at.selectbox(key="ckpt_timm_lcnet.pt").set_value("lcnet_050").run()
+    assert not at.exception and architectures(at) == ["timm lcnet_050"]
