@@ -3,7 +3,7 @@
 import streamlit as st
 
 from diagnostics.views.training_comparison import DEPTH_STATS, compare_view, profile_steps, recorded_steps
-from ui.access import refused_in_read_only
+from ui.access import read_only, refused_in_read_only
 from ui.common import guard, require_router, store_root
 from ui.compare import (GROUP_KEY, comparison_data, current_job, is_running, past_comparisons, preset_picker,
                         progress_panel, settings_form, show_job_error, show_view, start_job)
@@ -40,7 +40,7 @@ with guard(f"read the comparisons in {root}") as read:
 if read.failed:
     st.stop()
 if past.empty:
-    st.info(f"No comparisons in `{root}` yet: choose settings above and press Start.")
+    st.info(f"No comparisons in `{root}` yet" + ("." if read_only() else ": choose settings above and press Start."))
     st.stop()
 labels = {r.group: f"{r.created:%Y-%m-%d %H:%M} · {r.variants} · depth {r.depth} · {r.dataset} · {r.steps} steps"
           for r in past.itertuples()}

@@ -99,6 +99,7 @@ def test_the_token_is_printed_at_start_up_and_required_before_any_page(served, c
     page.get_by_text("needs a token").first.wait_for(timeout=120_000)
     assert page.locator("[data-testid='stSidebarNav']").count() == 0
     assert page.get_by_text("Compare training").count() == 0
+    page.screenshot(path=str(artifacts / "sharing-token-form.png"))
     page.get_by_label("Token", exact=True).fill("not-the-token")
     page.get_by_role("button", name="Open the dashboard").click()
     page.get_by_text("That is not the token.").first.wait_for(timeout=30_000)
@@ -123,13 +124,14 @@ def test_read_only_mode_in_chromium_offers_no_training(served, chromium, artifac
     page.close()
 
 
-def test_a_host_name_not_served_sees_only_a_refusal(served, chromium):
+def test_a_host_name_not_served_sees_only_a_refusal(served, chromium, artifacts):
     _, url = served("--read-only")
     port = url.rsplit(":", 1)[1]
     page = open_page(chromium, f"http://evil.example:{port}/")       # DNS rebinding: a name re-pointed at us
     page.get_by_text("This dashboard does not answer to this address").first.wait_for(timeout=120_000)
     assert page.locator("[data-testid='stSidebarNav']").count() == 0
     assert page.get_by_text("Record a run from your own training script").count() == 0
+    page.screenshot(path=str(artifacts / "sharing-host-refused.png"))
     page.close()
     page = open_page(chromium, f"http://localhost:{port}/")
     page.get_by_text("Record a run from your own training script").first.wait_for(timeout=120_000)
