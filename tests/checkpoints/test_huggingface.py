@@ -191,3 +191,14 @@ def test_truncated_and_corrupted_folders_give_checkpoint_errors_only(tmp_path, m
             outcomes.append("refused")
     assert outcomes.count("refused") >= 20, outcomes
     assert all(k.get("weights_only") is True for k in unsafe)
+
+
+def test_bf16_weights_stay_bf16_in_the_model_and_the_probe_says_it_ran_a_float32_copy(tmp_path):
+    tiny("gpt2").to(torch.bfloat16).save_pretrained(tmp_path / "model")
+    ckpt = dx.load_checkpoint(tmp_path / "model")
+    assert {t.dtype for t in ckpt.state_dict.values()} == {torch.bfloat16}
+    built = dx.rebuild(ckpt)
+    assert {p.dtype for p in built.model.parameters()} == {torch.bfloat16}
+    result = dx.probe(built.model, built.make_batch(2, 0), built.loss)
+    assert any("bfloat16" in note and "float32 copy" in note for note in result.notes)
+    assert {p.dtype for p in built.model.parameters()} == {torch.bfloat16}          # the model is untouched
