@@ -6,6 +6,7 @@ import threading
 from typing import Any
 
 from ..errors import DiagnosticsError
+from ..store import RunStore
 from .launch import execute, prepare
 from .training import Job, Progress
 
@@ -74,10 +75,20 @@ class ComparisonJob:
                                   self._record, stop=self._stop)
         except DiagnosticsError as exc:
             self.error, self.exception = str(exc), exc
+            if self.cancelled:
+                self._tag_cancelled()
         except Exception as exc:  # noqa: BLE001 - kept for the page (with its traceback) instead of dying in a thread
             self.error, self.exception = f"{type(exc).__name__}: {exc}", exc
         finally:
             self._done.set()
+
+    def _tag_cancelled(self) -> None:
+        """Tag the runs the cancelled comparison started ``cancelled`` (their status says they stopped early)."""
+        store = RunStore(self._job.store_root)
+        for run in store.run_ids():
+            meta = store.meta(run)
+            if meta.get("group") == self.group and meta.get("kind") == "comparison":
+                store.set_tags(run, [*meta.get("tags", []), "cancelled"])
 
     def cancel(self) -> None:
         """Ask the training to stop at its next step; the runs keep what was recorded, tagged by their status."""

@@ -86,3 +86,20 @@ def test_a_running_comparison_stops_when_cancelled(tmp_path):
 def test_a_gradient_check_estimate_counts_one_forward_pass_times_the_passes_it_runs(module, shape, expected):
     assert layer_check_work(module, shape) == pytest.approx(expected)
     assert layer_check_work(module, shape, "reference") == pytest.approx(12 * expected)   # its loops
+
+
+def test_a_comparison_training_in_worker_processes_stops_when_cancelled(tmp_path):
+    import time
+
+    import diagnostics as dx
+
+    job = ComparisonJob(store=str(tmp_path), variants=["plain", "residual"], depth=2, width=2, steps=5000,
+                        dataset="synthetic", batch_size=8, workers=2).start()
+    deadline = time.monotonic() + 120
+    while not job.latest() and time.monotonic() < deadline:        # both spawned workers are training
+        time.sleep(0.1)
+    job.cancel()
+    assert job.wait(60) and isinstance(job.exception, ComputeLimitError)
+    runs = dx.RunStore(tmp_path).runs()
+    assert len(runs) == 2 and (runs["steps"] < 5000).all()
+    assert all("cancelled" in tags for tags in runs["tags"]) and not runs["status"].eq("running").any()
