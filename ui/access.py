@@ -1,5 +1,5 @@
 """Sharing the dashboard: the gate every script run passes (Host, token), read-only mode, confined paths,
-and the one compute queue of the process.
+and the process's compute queues (one for comparisons, one for gradient checks, each shared by every session).
 
 What the gate covers: it runs first in ``app.py`` on every script run, so without the token, or from a ``Host``
 that is not served, no page, widget or file of the app is reached (pages opened by URL are routed through
