@@ -12,7 +12,8 @@
   ``weights_only=True`` (:func:`~.loading.safe_torch_load`) and must be plain tensors; TorchBind and
   opaque Python objects are refused;
 * the program's JSON is checked before torch deserialises it: every operator must be an ATen or prims
-  overload (:data:`OPERATOR`) or ``operator.getitem``; every name an identifier (names become Python code
+  overload (:data:`OPERATOR`) or ``operator.getitem``, and none of the few that reach files or global state
+  (:data:`DENIED_OPERATORS`); every name an identifier (names become Python code
   when the graph is compiled); no guard code (torch turns it into Python), no symbolic shapes (their
   expressions are parsed by ``sympy``, which evaluates them), no subgraphs and no custom objects;
 * after deserialisation the resolved graph is checked again (:func:`check_graph`).
@@ -42,6 +43,10 @@ from .loading import Buffer, Checkpoint, safe_torch_load
 ARCHIVE_VERSION = "0"
 #: Operators a graph may call: ATen and prims overloads (``torch.ops.aten.<op>.<overload>``).
 OPERATOR = re.compile(r"^torch\.ops\.(aten|prims)\.[a-z_][a-z0-9_]*\.[A-Za-z_][A-Za-z0-9_]*$")
+#: ATen operators refused all the same: they read or write files (``from_file`` maps any file, shared),
+#: print, or change global state; none appears in a model's exported forward.
+DENIED_OPERATORS = {"from_file", "save", "_print", "set_", "set_data", "set_grad_enabled",
+                    "_cufft_set_plan_cache_max_size", "_set_item"}
 #: Python operators export itself emits (``getitem`` picks one output of a multi-output op such as batch norm).
 PYTHON_OPERATORS = {"_operator.getitem": operator.getitem}
 NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -171,6 +176,8 @@ def check_program_json(program: Any, name: str) -> list[str]:
         target = node.get("target") if isinstance(node, dict) else None
         if not isinstance(target, str) or not (OPERATOR.match(target) or target in PYTHON_OPERATORS):
             raise _refuse(name, f"its graph calls {str(target)[:120]!r}, which is not an ATen or prims operator")
+        if target.split(".")[-2] in DENIED_OPERATORS:
+            raise _refuse(name, f"its graph calls {target!r}, which reaches files or global state")
         operators.append(target)
         metadata = node.get("metadata") or {}
         for item in str(metadata.get("nn_module_stack", "")).split(";") if metadata.get("nn_module_stack") else []:
@@ -288,7 +295,8 @@ def check_graph(module: torch.nn.Module, name: str) -> None:
             if node.op == "call_function":
                 target = node.target
                 ok = target in allowed_python or (isinstance(target, torch._ops.OpOverload)
-                                                  and target.namespace in ("aten", "prims"))
+                                                  and target.namespace in ("aten", "prims")
+                                                  and target._opname not in DENIED_OPERATORS)
                 if not ok:
                     raise _refuse(name, f"its graph calls {target!r}, which is not an ATen or prims operator")
             elif node.op not in ("placeholder", "get_attr", "output", "call_module"):

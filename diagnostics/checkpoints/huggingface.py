@@ -295,8 +295,15 @@ def rebuild_hf(ckpt: Checkpoint, budget: int) -> BuiltModel:
     cls, task, config = resolve_class(config_dict, ckpt.source)
     if hasattr(config, "use_cache"):
         config.use_cache = False                    # the probe wants outputs and gradients, not a KV cache
-    with torch.device("meta"):
-        shapes = cls(config)
+    #: What transformers raises for a config or weights it cannot build (an option this install lacks, a
+    #: quantisation backend that is not installed, a shape that does not fit).
+    failures = (RuntimeError, ValueError, KeyError, TypeError, AttributeError, ImportError, OSError)
+    try:
+        with torch.device("meta"):
+            shapes = cls(config)
+    except failures as exc:
+        raise CheckpointError(f"{ckpt.source}: transformers cannot build {cls.__name__} from this config.json "
+                              f"({type(exc).__name__}: {str(exc)[:300]}). The weight-only views still work.") from None
     cost = sum(dense_bytes(v) for v in shapes.state_dict().values())
     if cost > budget:
         raise over_budget(ckpt.source, f"the {cls.__name__} its config asks for", cost, budget)
@@ -305,7 +312,7 @@ def rebuild_hf(ckpt: Checkpoint, budget: int) -> BuiltModel:
     try:
         model, info = cls.from_pretrained(None, config=config, state_dict=ckpt.state_dict, dtype=dtype,
                                           output_loading_info=True)
-    except (RuntimeError, ValueError, KeyError) as exc:
+    except failures as exc:
         raise CheckpointError(f"{ckpt.source}: the weights do not fit {cls.__name__} built from config.json "
                               f"({str(exc)[:300]}). The weight-only views still work.") from None
     missing, unexpected = sorted(info["missing_keys"]), sorted(info["unexpected_keys"])

@@ -175,6 +175,8 @@ REFUSALS = {
         target="builtins.eval")), "'builtins.eval'.*not an ATen"),
     "custom-namespace": (lambda d, m: with_program(d, lambda p: p["graph_module"]["graph"]["nodes"][0].update(
         target="torch.ops.mylib.evil.default")), "not an ATen"),
+    "aten-from-file": (lambda d, m: with_program(d, lambda p: p["graph_module"]["graph"]["nodes"][0].update(
+        target="torch.ops.aten.from_file.default")), "reaches files or global state"),
     "guard-code": (lambda d, m: with_program(d, lambda p: p.update(guards_code=["__import__('os').system('x')"])),
                    "guard code"),
     "node-name-code": (lambda d, m: with_program(d, names_first_node("x; __import__('os').system('x')")),
