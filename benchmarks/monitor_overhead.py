@@ -13,6 +13,8 @@ Workloads and configurations:
 * the project's depth-20 residual CNN with batch norm (batch 64 of 1x8x8, 62 hooked layers): a small model,
   where the per-layer cost of the hooks weighs most.
 * per-unit activity (``unit_activity=True``, the ``dead_units`` column; off by default) on both models.
+* the floor of any per-layer hook design on the depth-20 CNN, without the monitor: a forward hook on every leaf
+  that only registers an output-gradient hook that does nothing (what Python hooks cost before any statistic).
 * resnet18 compiled with Inductor (``torch.compile``), against the compiled twin: weight statistics (the
   compiled steps carry no hook) and all statistics (every ``eager_every``-th recorded step runs eagerly).
 
@@ -49,6 +51,7 @@ CONFIGS = {
     "depth-20 cnn: all statistics, every step": ("cnn20", {}, 1.15),
     "depth-20 cnn: all statistics, fused=False": ("cnn20", {"fused": False}, None),
     "depth-20 cnn: all statistics + unit_activity": ("cnn20", {"unit_activity": True}, None),
+    "depth-20 cnn: floor, empty hooks (no monitor)": ("cnn20", {"floor": True}, None),
     "all statistics + unit_activity (dead_units)": ("resnet18", {"unit_activity": True}, None),
     "compiled resnet18: weight statistics": ("compiled", {"activations": False, "weight_norms": False}, 1.10),
     "compiled resnet18: all statistics, eager_every=10": ("compiled", {}, 1.25),
@@ -83,6 +86,30 @@ def train_block(model, opt, x, y, steps: int, mon=None) -> float:
     return time.perf_counter() - start
 
 
+class EmptyHooks:
+    """The hooks a per-layer monitor needs, doing nothing: a forward hook per leaf and a gradient hook per output."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model, self.handles = model, []
+
+    def __enter__(self) -> "EmptyHooks":
+        def on_grad(grad: torch.Tensor) -> None:
+            return None
+
+        def on_output(module, inputs, output) -> None:
+            if isinstance(output, torch.Tensor) and output.requires_grad:
+                output.register_hook(on_grad)
+        self.handles = [m.register_forward_hook(on_output) for m in self.model.modules() if not list(m.children())]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+    def step(self, loss=None) -> None:
+        return None
+
+
 def measure(name: str, workload: str, options: dict, target: float | None, pairs: int, block: int,
             store: dx.RunStore, baselines: dict) -> None:
     """Alternate blocks of monitored steps with blocks of the same steps on an un-hooked twin model."""
@@ -97,7 +124,9 @@ def measure(name: str, workload: str, options: dict, target: float | None, pairs
     if options.pop("with_optimizer", False):
         options["optimizer"] = opt
     ratios, monitored, own = [], [], []
-    with dx.GradientMonitor(model, store=store, run_name=f"bench-{workload}", **options) as mon:
+    monitor = EmptyHooks(model) if options.pop("floor", False) else \
+        dx.GradientMonitor(model, store=store, run_name=f"bench-{workload}", **options)
+    with monitor as mon:
         train_block(model, opt, x, y, 2, mon)
         for _ in range(pairs):
             t_mon = train_block(model, opt, x, y, block, mon)
