@@ -106,7 +106,8 @@ def _spawn(target: Callable[..., None], args: tuple, nprocs: int, progress: Prog
            expected: int, stop: threading.Event | None = None, shared_stop: Any = None) -> dict[str, str]:
     """Start ``nprocs`` spawned processes running ``target(rank, *args, events)``; relay progress, merge results.
 
-    When ``stop`` is set, ``shared_stop`` (a process-shared event the workers watch) is set too.
+    When ``stop`` is set, ``shared_stop`` (a process-shared event the workers watch) is set too; without one
+    (DDP ranks, which cannot stop one by one in the middle of a collective) every process is terminated.
     """
     import torch.multiprocessing as mp
 
@@ -130,7 +131,13 @@ def _spawn(target: Callable[..., None], args: tuple, nprocs: int, progress: Prog
     try:
         while True:
             drain()
-            if stop is not None and shared_stop is not None and stop.is_set():
+            if stop is not None and stop.is_set():
+                if shared_stop is None:
+                    for process in context.processes:
+                        process.terminate()
+                    for process in context.processes:
+                        process.join(timeout=10)
+                    raise ComputeLimitError("the comparison was cancelled")
                 shared_stop.set()
             if context.join(timeout=0.1):
                 break
@@ -151,7 +158,8 @@ def execute(job: Job, nproc: int, workers: int | str, progress: ProgressCallback
     """Run a prepared job: under torchrun, as ``nproc`` DDP processes, or variants in ``workers`` processes.
 
     Setting ``stop`` cancels it at the next training step of every variant (``ComputeLimitError``); the
-    runs keep the steps recorded so far. DDP processes are not cancellable this way.
+    runs keep the steps recorded so far. DDP processes are terminated together (their last unflushed steps
+    are lost), since one rank cannot leave in the middle of a collective.
     """
     if in_torchrun():
         return run_in_torchrun(job, progress)
@@ -160,7 +168,7 @@ def execute(job: Job, nproc: int, workers: int | str, progress: ProgressCallback
     if job.train.batch_size % nproc:
         raise TrainingError(f"batch_size={job.train.batch_size} must be divisible by nproc={nproc}")
     if nproc > 1:
-        return _spawn(_ddp_worker, (nproc, _free_port(), job), nproc, progress, expected=1)
+        return _spawn(_ddp_worker, (nproc, _free_port(), job), nproc, progress, expected=1, stop=stop)
     n = resolve_workers(workers, len(job.configs), job.train.steps)
     if n > 1:
         import torch.multiprocessing as mp

@@ -78,6 +78,18 @@ def test_a_running_comparison_stops_when_cancelled(tmp_path):
     assert job.latest()["plain"].step < 5000
 
 
+def test_a_running_ddp_comparison_is_terminated_when_cancelled(tmp_path):
+    job = ComparisonJob(store=str(tmp_path), variants=["plain"], depth=2, width=2, steps=5000, dataset="synthetic",
+                        batch_size=8, nproc=2)
+    started = threading.Event()
+    job._record = lambda update, record=job._record: (started.set(), record(update))
+    job.start()
+    assert started.wait(120)
+    job.cancel()
+    assert job.wait(60) and job.cancelled and isinstance(job.exception, ComputeLimitError)
+    assert job.latest()["plain"].step < 5000
+
+
 @pytest.mark.parametrize("module,shape,expected", [
     (nn.Conv2d(16, 32, 9, padding=4), (8, 16, 32, 32), 8 * 32 * 32 * 32 * 16 * 81 * 392 / 1e9),
     (nn.MaxPool2d(3), (2, 3, 7, 6), 2 * 3 * 2 * 2 * 9 * 392 / 1e9),
