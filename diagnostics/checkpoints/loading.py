@@ -356,6 +356,8 @@ def load_checkpoint(source: str | os.PathLike[str] | bytes | memoryview | io.IOB
 
         return load_hf_model(source, max_bytes=max_bytes, budget=budget, name=name)
     data, name = read_source(source, max_bytes, name)
+    if isinstance(data, memoryview) and not _safetensors_head(bytes(data[:16]), len(data)):
+        data = bytes(data)      # one copy that every reader below shares (io.BytesIO copies a memoryview each time)
     kind = detect_format(data)
     if kind == "pt2":
         from .exported import load_pt2

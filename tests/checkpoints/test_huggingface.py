@@ -202,3 +202,25 @@ def test_bf16_weights_stay_bf16_in_the_model_and_the_probe_says_it_ran_a_float32
     result = dx.probe(built.model, built.make_batch(2, 0), built.loss)
     assert any("bfloat16" in note and "float32 copy" in note for note in result.notes)
     assert {p.dtype for p in built.model.parameters()} == {torch.bfloat16}          # the model is untouched
+
+
+def test_a_batch_file_of_named_inputs_feeds_the_models_own_loss(tmp_path, store):
+    import io
+
+    from diagnostics.checkpoints.probing import ProbeError, load_batch_file
+
+    model = tiny("bert-sequence-classification")
+    model.save_pretrained(tmp_path / "model")
+    built = dx.rebuild(dx.load_checkpoint(tmp_path / "model"))
+    ids = torch.randint(0, VOCAB, (3, 10))
+    buf = io.BytesIO()
+    torch.save({"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": torch.tensor([0, 2, 1])}, buf)
+    batch = load_batch_file(buf.getvalue())
+    assert not batch.synthetic and batch.source.startswith("uploaded batch of named inputs")
+    result = dx.probe(built.model, batch, built.loss, store=store)
+    expected = float64_weight_grad_norms(model, lambda m: m(**batch.x).loss)
+    assert_norms_match(store, result.run_id, expected, min_layers=8)
+    buf = io.BytesIO()
+    torch.save({"input_ids": ids, "labels": torch.tensor([0, 1])}, buf)
+    with pytest.raises(ProbeError, match="share their batch size"):
+        load_batch_file(buf.getvalue())
