@@ -47,13 +47,13 @@ def test_consequences_are_neither_hits_nor_false_alarms(bench):
 
 def test_the_harness_trains_labels_and_judges_short_runs(bench, tmp_path):
     scenarios = {s.name: s for s in bench.TRAIN}
-    chosen = [replace(scenarios["healthy mlp sgd"], steps=30, seeds=(0,)),
-              replace(scenarios["nan input"], steps=30, nan_at=12, seeds=(0,))]
+    chosen = [replace(scenarios["healthy mlp sgd"], steps=20, seeds=(0,)),
+              replace(scenarios["nan input"], steps=20, nan_at=8, seeds=(0,))]
     store = dx.RunStore(tmp_path / "runs")
     runs = bench.ensure_runs(store, chosen, "train", retrain=False)
     assert store.meta(runs[("nan input", 0)])["expect"] == ["nonfinite"]
     assert bench.ensure_runs(store, chosen, "train", retrain=False) == runs           # reused, not trained again
     healthy, nan = bench.evaluate(store, chosen, runs)
     assert healthy.found == frozenset() and nan.found == frozenset({"nonfinite"})
-    early = bench.evaluate(store, chosen, runs, early=10)
-    assert [o.found for o in early] == [frozenset(), frozenset()]                       # the NaN comes at step 12
+    early = bench.evaluate(store, chosen, runs, early=8)
+    assert [o.found for o in early] == [frozenset(), frozenset()]                       # the NaN comes at step 8
