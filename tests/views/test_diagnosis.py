@@ -341,6 +341,27 @@ def test_degenerate_frames_give_sentences_or_nothing_never_an_error(case):
         json.dumps(f.as_dict())
 
 
+@pytest.mark.parametrize("column", ["weight_grad_norm", "act_grad_norm", "update_ratio", "in_optimizer",
+                                    "act_zero_frac", "dead_units", "weight_norm", "type", "depth"])
+def test_a_missing_layer_column_silences_only_the_rules_that_need_it(column):
+    layers, steps = healthy()
+    layers = at(at(layers, "in", "act_grad_norm", 1e-6), "act", "dead_units", 0.6).drop(columns=[column])
+    found = run(layers, steps)
+    assert {f.kind for f in found} <= {"vanishing", "dead_units", "not_updated"}
+    assert ("dead_units" in kinds(found)) == (column != "dead_units")          # its fallback sees 50 % zeros: none
+
+
+@pytest.mark.parametrize("column", ["loss", "grad_norm_total", "grad_scale", "nonfinite_forward_layer",
+                                    "nonfinite_backward_layer", "input_nonfinite", "loss_nonfinite"])
+def test_a_missing_step_column_still_finds_the_nan_from_the_others(column):
+    layers, steps = healthy()
+    steps.loc[60:, ["loss", "grad_norm_total"]] = np.nan
+    steps.loc[60:, "nonfinite_backward_layer"] = "out"
+    steps.loc[60, "input_nonfinite"] = 1.0
+    found = run(layers, steps.drop(columns=[column]))
+    assert [(f.kind, f.steps[0]) for f in found if f.severity == "problem"] == [("nonfinite", 60)]
+
+
 def test_a_finding_refuses_an_unknown_kind_or_severity():
     with pytest.raises(ValueError, match="severity"):
         Finding("vanishing", "error", "m.", "f.")

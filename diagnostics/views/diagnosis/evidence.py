@@ -126,7 +126,17 @@ def from_source(source: MatrixSource, run: str, name: str | None = None) -> Evid
 
 
 def from_frames(run: str, name: str, layers: pd.DataFrame, steps: pd.DataFrame) -> Evidence:
-    """Evidence from in-memory frames: ``layers`` one row per (step, layer), ``steps`` one row per step."""
+    """Evidence from in-memory frames: ``layers`` one row per (step, layer), ``steps`` one row per step.
+
+    Without ``step`` or ``layer`` there is no evidence; a missing ``depth`` is the order layers first appear in,
+    a missing ``type`` is unknown ("").
+    """
+    if layers.empty or not {"step", "layer"} <= set(layers.columns):
+        layers = pd.DataFrame(columns=["step", "layer", "depth", "type"])
+    if "depth" not in layers:
+        layers = layers.assign(depth=layers.groupby("layer", sort=False).ngroup())
+    if "type" not in layers:
+        layers = layers.assign(type="")
     matrices = {s: stat_matrix_from_frame(_numeric(layers, s), run, s) for s in STATS}
     return from_matrices(run, name, matrices, steps)
 
