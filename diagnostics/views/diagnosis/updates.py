@@ -5,11 +5,12 @@ optimizer** (gradient, but the monitor's ``in_optimizer`` is false), **without g
 zero: a dead path, reported by the dead-unit and depth rules), or a **lost update** (in the optimizer, a non-zero
 gradient large enough to move them (‖∂L/∂W‖/‖W‖ ≥ 1e-3), and still ΔW = 0 exactly: ``zero_grad()`` between
 ``backward()`` and ``step()``, or a learning rate of 0); a smaller gradient can round away in float32 and counts as
-a tiny update. The first two are notes; a lost update is a problem. "Too large" is a learning-rate verdict, so it
-needs at least half of the moving layers (one layer of a deep stack alone is no verdict). Sizes are judged only on layers that really learn,
-never on normalisation weights (their scales move 1e-5–1e-4 of their norm in healthy runs), and only once the run
-has ``min_update_steps`` recorded steps. "Too small" also needs a loss that is not falling, so a converged run is
-not told to raise its learning rate.
+a tiny update. The first two are notes; a lost update is a problem.
+
+Sizes are judged only on layers that move, never on normalisation weights (their scales move 1e-5–1e-4 of their
+norm in healthy runs), and only once the run has ``min_update_steps`` recorded steps. Both are learning-rate
+verdicts, so each needs at least half of those layers (one layer of a deep stack alone is no verdict). "Too small"
+also needs a loss that is not falling, so a converged run is not told to raise its learning rate.
 """
 
 from __future__ import annotations
@@ -95,8 +96,8 @@ def update_sizes(ev: Evidence, t: Thresholds) -> list[Finding]:
         shown = ", ".join(f"'{ev.layers[i]}' ({count[i]} steps, up to {fmt(peak[i])})" for i in large[:5])
         found.append(Finding(
             "update_large", "warning",
-            f"Run {ev.name}: updates too large: {len(large)} of {len(moving)} layer(s) changed their weights by more than "
-            f"{t.update_high:.0%} of their norm (‖ΔW‖/‖W‖ > {fmt(t.update_high)}) on {t.update_high_steps} or more "
+            f"Run {ev.name}: updates too large: {len(large)} of {len(moving)} layer(s) changed their weights by "
+            f"more than {t.update_high:.0%} of their norm (‖ΔW‖/‖W‖ > {fmt(t.update_high)}) on {t.update_high_steps} or more "
             f"recorded steps: {shown}.", FIXES["update_large"].format(high=t.update_high), ev.run,
             tuple(ev.layers[i] for i in large), (int(ev.steps[0]), int(ev.steps[-1])), "large",
             {"layers": {ev.layers[i]: count[i] for i in large}, "threshold": t.update_high}))
