@@ -56,7 +56,8 @@ class CheckpointError(DiagnosticsError, ValueError):
     """A checkpoint file could not be loaded safely or its architecture could not be rebuilt.
 
     Advice: save ``model.state_dict()`` (or safetensors) instead of a pickled model, and give a file this
-    project's rebuilder knows (its CNNs, torchvision classifiers).
+    project's rebuilder knows (its CNNs, torchvision and timm classifiers, transformers models from a model
+    folder, ``torch.export`` archives).
     """
 
 
