@@ -53,7 +53,7 @@ def show_findings(view: FlowView, names: dict[str, str]) -> None:
             st.success(f"{label}: no problems found with the current thresholds.")
         for finding in findings:
             # A finding names runs and layers, which are data: shown literally, never as Markdown.
-            SEVERITY[finding.severity](markdown_text(f"{finding.message} Fix: {finding.fix}", limit=10_000))
+            SEVERITY[finding.severity](markdown_text(finding.text, limit=10_000))
 
 
 def export_section(view: FlowView, root: str, runs: list[str], names: dict[str, str], stat: str) -> None:

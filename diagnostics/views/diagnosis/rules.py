@@ -60,17 +60,14 @@ def link_consequences(found: list[Finding]) -> list[Finding]:
 
 
 def evidence_of(source: Any, store: RunStore | str | None = None, name: str | None = None) -> Evidence:
-    """The evidence of a run id (with ``store``), a :class:`~diagnostics.GradientMonitor` (duck-typed: ``frame``,
-    ``step_frame``, ``run_id``) or a loader (``stat_matrix``, ``step_frame``; then ``source`` is ``(loader, run)``)."""
+    """The evidence of a run id (with ``store``) or a :class:`~diagnostics.GradientMonitor` (duck-typed: ``frame``,
+    ``step_frame``, ``run_id``, ``run_name``)."""
     if isinstance(source, str):
         if store is None:
             raise StoreError(f"dx.findings({source!r}) needs store=: the run store that holds this run")
         store = store if isinstance(store, RunStore) else RunStore(store)
         meta = store.meta(source)
         return from_source(StoreSource(store), source, name or repr(str(meta.get("name", source))))
-    if isinstance(source, tuple) and len(source) == 2:
-        loader, run = source
-        return from_source(loader, run, name)
     if callable(getattr(source, "frame", None)) and callable(getattr(source, "step_frame", None)):
         run = str(getattr(source, "run_id", "") or "")
         label = name or repr(str(getattr(source, "run_name", run) or run))
