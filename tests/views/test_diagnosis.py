@@ -184,7 +184,7 @@ def test_a_healthy_growth_of_the_norm_is_no_finding():
 @pytest.mark.parametrize("column, value, origin, words", [
     ("input_nonfinite", 1.0, "input", "input batch"),
     ("loss", np.inf, "loss", "loss was non-finite"),
-    ("nonfinite_forward_layer", "mid", "forward", "layer 'mid''s output"),
+    ("nonfinite_forward_layer", "mid", "forward", "output of layer 'mid' in the forward pass"),
     ("nonfinite_backward_layer", "out", "backward", "output gradient of layer 'out'"),
 ], ids=["input", "loss", "forward", "backward"])
 def test_nonfinite_names_the_origin_first_then_the_consequences(column, value, origin, words):

@@ -22,7 +22,7 @@ ORIGINS: dict[str, tuple[str, str]] = {
               "check the data pipeline (e.g. assert torch.isfinite(x).all() before the model; drop or impute "
               "missing values): one non-finite input makes the loss, every gradient and, after the optimizer "
               "step, every weight NaN."),
-    "forward": ("layer {layer}'s output in the forward pass was non-finite",
+    "forward": ("the output of layer {layer} in the forward pass was non-finite",
                 "look at what layer {layer} computes on its input (a division, log, sqrt or exp that overflows; in "
                 "mixed precision run it in float32): NaN from one layer reaches the loss and every gradient."),
     "loss": ("the loss was non-finite while every layer's output was finite",
