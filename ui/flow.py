@@ -105,6 +105,11 @@ def show_flow(view: FlowView, boxes: dict, root: str, runs: list[str], names: di
     with boxes["findings"]:
         st.subheader("Findings")
         show_findings(view, names)
+    bucketed = [names.get(run, run) for run, m in view.matrices.items() if m.bucketed]
+    if bucketed:
+        boxes["depth"].caption(markdown_text(
+            f"Too many layer-steps to hold every step in {', '.join(bucketed)}: neighbouring steps are averaged "
+            "(each step shown is the first of a bucket, and the findings judge the averaged steps)."))
     boxes["depth"].plotly_chart(view.figures["depth"], key="fig_depth")
     with boxes["gains"]:
         st.subheader("Backward gain per block")

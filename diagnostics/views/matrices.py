@@ -51,6 +51,7 @@ class StatMatrix:
     steps: np.ndarray            # (S,) int64, increasing
     values: np.ndarray           # (L, S) float64
     kinds: tuple[str, ...] = ()  # "leaf" or "owner" per layer (runs recorded before schema 2: all leaves)
+    bucketed: bool = False       # steps are buckets (the run has over MAX_CELLS layer-steps)
 
     @property
     def empty(self) -> bool:
@@ -98,7 +99,7 @@ def _pivot(table: pa.Table | None, run: str, stat: str) -> StatMatrix:
     type_of = np.empty(len(names), dtype=object)
     type_of[codes] = np.asarray(type_names, dtype=object)[type_col.indices.to_numpy(zero_copy_only=False)]
     step = table.column("step").to_numpy()                                         # (n,)
-    steps = np.sort(pc.unique(table.column("step")).to_numpy())                    # (S,)
+    steps = table_steps = np.sort(pc.unique(table.column("step")).to_numpy())      # (S,)
     if len(names) > MAX_LAYERS:
         raise StoreError(f"run {run} names {len(names):,} layers; more than {MAX_LAYERS:,} cannot be drawn")
     column = np.searchsorted(steps, step)                                           # (n,)
@@ -115,7 +116,7 @@ def _pivot(table: pa.Table | None, run: str, stat: str) -> StatMatrix:
     if "kind" in table.column_names:                # a parameter owner that never ran is an "owner" row
         kind_of[codes] = np.asarray(table.column("kind").to_pylist(), dtype=object)
     return StatMatrix(run, stat, tuple(names[i] for i in order), tuple(type_of[order]), steps, values,
-                      tuple(kind_of[order]))
+                      tuple(kind_of[order]), bucketed=len(names) * len(table_steps) > MAX_CELLS)
 
 
 def _bucket_means(rows: np.ndarray, columns: np.ndarray, values: np.ndarray, shape: tuple[int, int]) -> np.ndarray:

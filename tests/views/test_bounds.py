@@ -54,7 +54,7 @@ def test_a_large_matrix_has_its_steps_bucketed_before_it_is_made_dense(monkeypat
     frame = pd.concat([diagonal(100).assign(weight_grad_norm=float(k)) for k in (1, 3)]).reset_index(drop=True)
     frame.loc[100:, "step"] += 1                    # each layer at steps i (value 1) and i + 1 (value 3)
     m = matrices.stat_matrix_from_frame(frame, "r", "weight_grad_norm")
-    assert m.values.shape == (100, 10) and m.values.size <= 1000
+    assert m.values.shape == (100, 10) and m.values.size <= 1000 and m.bucketed
     assert list(m.steps) == list(range(0, 100, 10))                 # each bucket labelled by its first step
     assert m.values[0, 0] == 2.0 and m.values[9, 0] == 1.0 and m.values[9, 1] == 3.0   # means per bucket
 
@@ -62,6 +62,7 @@ def test_a_large_matrix_has_its_steps_bucketed_before_it_is_made_dense(monkeypat
 def test_a_small_matrix_is_kept_exactly():
     m = matrices.stat_matrix_from_frame(diagonal(50), "r", "weight_grad_norm")
     assert m.values.shape == (50, 50) and np.nansum(m.values) == 50 and list(m.steps) == list(range(50))
+    assert not m.bucketed
 
 
 def test_a_crafted_diagonal_table_pivots_far_below_its_dense_size():
