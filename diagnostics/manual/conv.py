@@ -222,63 +222,6 @@ def _correlate_weight(
     return torch.stack(taps, dim=-1).reshape(K, Cg, kh, kw)  # (K, C/G, kH, kW)
 
 
-def _correlate_weight_unit_stride(
-    input_cn: Tensor, grad_output: Tensor, kernel_size: tuple[int, int], dilation: tuple[int, int], groups: int
-) -> Tensor:
-    """``dW[k, c, a, b] = sum_{n,i,j} dY[n, k, i, j] * Xp[n, g(k)*C/G + c, i + a*d_h, j + b*d_w]`` for stride one.
-
-    Channel-major layout (``C, N, Hp, Wp``), every image flattened into one row of ``L = N*Hp*Wp``
-    positions. With stride one a window starts at every position ``r = n*Hp*Wp + i*Wp + j`` of the padded
-    geometry, and tap ``(a, b)`` reads the input at ``r + a*d_h*Wp + b*d_w``: once ``dY`` is laid out in the
-    same geometry (zeros where no window starts), each tap is one matrix product over all images and
-    positions together, ``dY (K, R) @ Xp[:, offset : offset + R]^T (R, C)``, with a slice of the padded
-    input as its right factor. Without groups, the ``kW`` taps of a kernel row are stacked as rows of one
-    factor (``X3[(b, c), r] = Xp[c, r + b*d_w]``, the only copy, ``kW`` times the input) and the ``kH``
-    kernel rows are slices of it ``d_h*Wp`` apart, so a single batched product computes every tap: few,
-    long parallel regions, which keeps it fast when other processes share the cores. With groups, one
-    product per tap over the groups.
-
-    Args:
-        input_cn: ``(C, N, Hp, Wp)``, the padded input, channels first, contiguous.
-        grad_output: ``(N, K, H_out, W_out)`` with ``H_out = Hp - d_h*(kH-1)`` and ``W_out = Wp - d_w*(kW-1)``.
-        kernel_size: ``(kH, kW)``.
-        dilation: ``(d_h, d_w)``.
-        groups: ``G``; ``C`` and ``K`` are multiples of it.
-
-    Returns:
-        ``(K, C/G, kH, kW)``, without groups a permuted view of the ``(kH, K, kW, C)`` product.
-    """
-    C, N, Hp, Wp = input_cn.shape
-    K, H_out, W_out = grad_output.shape[1:]
-    (kh, kw), (dh, dw) = kernel_size, dilation
-    G, Cg, Kg = groups, C // groups, K // groups
-    if N == 0 or H_out == 0 or W_out == 0:
-        return grad_output.new_zeros(K, Cg, kh, kw)
-    L = N * Hp * Wp
-    R = L - (kh - 1) * dh * Wp - (kw - 1) * dw  # the last window starts at R - 1; the last tap ends at L
-    x = input_cn.reshape(C, L)  # (C, L) a view of the contiguous input
-    g = grad_output.transpose(0, 1)  # (K, N, H_out, W_out) a view
-    if (H_out, W_out) != (Hp, Wp):
-        g = F.pad(g, (0, Wp - W_out, 0, Hp - H_out))  # (K, N, Hp, Wp) zeros where no window starts
-    g = g.reshape(K, L)[:, :R]  # (K, R) copies only if no padding made a channels-first copy
-    if G == 1:
-        Lx = L - (kw - 1) * dw  # the positions a kernel row's first tap reads
-        x3 = x.unfold(1, Lx, dw).transpose(0, 1).reshape(kw * C, Lx)  # (kW*C, Lx) copies unless kW == 1
-        rows = x3.unfold(1, R, dh * Wp).permute(1, 2, 0)  # (kH, R, kW*C) a view, kernel rows d_h*Wp apart
-        taps = torch.bmm(g.expand(kh, K, R), rows)  # (kH, K, kW*C) every tap in one batched product
-        # A permuted view: a contiguous copy would be one more parallel pass for the same numbers.
-        return taps.view(kh, K, kw, C).permute(1, 3, 0, 2)  # (K, C, kH, kW)
-    gg, xg = g.view(G, Kg, R), x.view(G, Cg, L)  # (G, K/G, R), (G, C/G, L)
-    grad = grad_output.new_empty(K, Cg, kh, kw)  # (K, C/G, kH, kW)
-    grad_groups = grad.view(G, Kg, Cg, kh, kw)  # (G, K/G, C/G, kH, kW)
-    for a in range(kh):
-        for b in range(kw):
-            offset = a * dh * Wp + b * dw
-            taps = xg[:, :, offset : offset + R].transpose(1, 2)  # (G, R, C/G) a view
-            torch.bmm(gg, taps, out=grad_groups[..., a, b])  # (G, K/G, C/G) one product per group
-    return grad
-
-
 def conv2d_grad_input(
     input_size: Sequence[int],
     weight: Tensor,
@@ -294,11 +237,11 @@ def conv2d_grad_input(
 
     ``dL/dXp[n, c, h, w] = sum_{k in group(c)} sum_{a, b} dL/dY[n, k, (h - a*d_h)/s_h, (w - b*d_w)/s_w]
     * W[k, c mod C_in/G, a, b]`` over the taps for which both indices are integers inside ``dL/dY``: the
-    full convolution of the stride-dilated ``dL/dY`` with the 180-degree-rotated kernel, which is
-    ``conv_transpose2d`` of ``dL/dY`` with the same weight, stride, dilation and groups (it rotates the
-    kernel and swaps its channel axes itself, so no flipped copy of the weight is made). Its
-    ``output_padding`` restores the rows and columns of ``Xp`` after the last window (a stride skipped
-    them). Then the padding is undone (:func:`unpad_grad`).
+    full convolution of the stride-dilated ``dL/dY`` with the 180-degree-rotated kernel. With stride one
+    that is ``conv2d`` of ``dL/dY``, padded by ``d*(k-1)``, with the rotated kernel whose input and output
+    channels are swapped; with a larger stride it is ``conv_transpose2d`` with the same weight, whose
+    ``output_padding`` restores the rows and columns of ``Xp`` that no window reaches. Then the padding is
+    undone (:func:`unpad_grad`).
 
     Args:
         input_size: ``(N, C_in, H, W)``.
@@ -314,8 +257,8 @@ def conv2d_grad_input(
         ``(N, C_in, H, W)``.
     """
     _check_padding_mode(padding_mode)
-    _, _, H, W = input_size
-    kh, kw = weight.shape[-2:]
+    _, C, H, W = input_size
+    K, Cg, kh, kw = weight.shape
     sh, sw = expand_param(stride, 2, "stride")
     dh, dw = expand_param(dilation, 2, "dilation")
     (top, bottom), (left, right) = pads = conv_padding((kh, kw), (dh, dw), padding)
@@ -323,10 +266,18 @@ def conv2d_grad_input(
     # Zero padding common to both sides is never materialised: the gradient is computed without it.
     ph, pw = (min(top, bottom), min(left, right)) if padding_mode == "zeros" else (0, 0)
     eh, ew = dh * (kh - 1), dw * (kw - 1)
-    output_padding = ((Hp - eh - 1) % sh, (Wp - ew - 1) % sw)  # rows/columns after the last window
-    grad = F.conv_transpose2d(
-        grad_output, weight, None, (sh, sw), (ph, pw), output_padding, groups, (dh, dw)
-    )  # (N, C_in, Hp - 2ph, Wp - 2pw)
+    if (sh, sw) == (1, 1) and eh >= ph and ew >= pw:
+        rotated = (
+            weight.view(groups, K // groups, Cg, kh, kw).transpose(1, 2).reshape(C, K // groups, kh, kw).flip(-2, -1)
+        )  # (C_in, C_out/G, kH, kW)
+        padding_full = (eh - ph, ew - pw)  # "full": every tap of every window, minus the common zero padding
+        grad = F.conv2d(grad_output, rotated, None, 1, padding_full, (dh, dw), groups)  # (N, C_in, Hp - 2ph, Wp - 2pw)
+    else:
+        # Rows and columns of the padded input after the last window (the stride skipped them).
+        output_padding = ((Hp - eh - 1) % sh, (Wp - ew - 1) % sw)
+        grad = F.conv_transpose2d(
+            grad_output, weight, None, (sh, sw), (ph, pw), output_padding, groups, (dh, dw)
+        )  # (N, C_in, Hp - 2ph, Wp - 2pw)
     if padding_mode == "zeros":
         return grad[:, :, top - ph : top - ph + H, left - pw : left - pw + W]  # (N, C_in, H, W)
     return unpad_grad(grad, pads, padding_mode)  # (N, C_in, H, W)
@@ -359,31 +310,20 @@ def conv2d_grad_weight(
         padding_mode: As for ``nn.Conv2d``.
 
     Returns:
-        ``(C_out, C_in/G, kH, kW)``; with stride one and no groups a permuted, non-contiguous view (call
-        ``.contiguous()`` before ``.view``).
+        ``(C_out, C_in/G, kH, kW)``.
     """
     _check_padding_mode(padding_mode)
     kh, kw = weight_size[-2:]
     dilation2 = expand_param(dilation, 2, "dilation")
-    stride2 = expand_param(stride, 2, "stride")
     (top, bottom), (left, right) = pads = conv_padding((kh, kw), dilation2, padding)
-    if stride2 == (1, 1):
-        # Channels first: padding and the (C, N) transposition in one pass.
-        input_cn = input.transpose(0, 1)  # (C_in, N, H, W) a view
-        if padding_mode == "zeros" and top + bottom + left + right > 0:
-            input_cn = F.pad(input_cn, (left, right, top, bottom))  # (C_in, N, Hp, Wp)
-        elif padding_mode != "zeros":
-            input_cn = pad_input(input_cn, pads, padding_mode)  # (C_in, N, Hp, Wp)
-        input_cn = input_cn.contiguous()  # (C_in, N, Hp, Wp) copies only if no padding made the copy
-        return _correlate_weight_unit_stride(
-            input_cn, grad_output, (kh, kw), dilation2, groups
-        )  # (C_out, C_in/G, kH, kW)
     if padding_mode == "zeros":
         # Padding and the channels-last copy in one pass.
         input_cl = F.pad(input.permute(0, 2, 3, 1), (0, 0, left, right, top, bottom))  # (N, Hp, Wp, C_in)
     else:
         input_cl = pad_input(input, pads, padding_mode).permute(0, 2, 3, 1)  # (N, Hp, Wp, C_in)
-    return _correlate_weight(input_cl, grad_output, (kh, kw), stride2, dilation2, groups)  # (C_out, C_in/G, kH, kW)
+    return _correlate_weight(
+        input_cl, grad_output, (kh, kw), expand_param(stride, 2, "stride"), dilation2, groups
+    )  # (C_out, C_in/G, kH, kW)
 
 
 def conv2d_grad_bias(grad_output: Tensor) -> Tensor:
