@@ -4,13 +4,20 @@ Trains every scenario of :mod:`findings_scenarios` (small MLPs, CNNs, an RNN and
 8×8 digits, 200-300 steps each, two seeds, recorded with ``unit_activity=True``) into a run store, then asks
 ``dx.findings`` about every run, once on the whole run and once on its first 50 steps (what a live run shows).
 The sets: ``train`` (thresholds chosen on it), ``held-out`` (variants; measured once, then three rules changed),
-``held-out-2`` (written after those; measured once, then two rules changed) and ``held-out-3`` (written after
-those, measured with the committed rules). Printed per set:
+``held-out-2`` (written after those; measured once, then two rules changed), ``held-out-3`` (written after
+those, measured with the committed rules) and ``held-out-4`` (written with the manipulation checks, before any
+of its runs was trained; run once, rules unchanged). Printed per set:
 
 - per run: the expected kinds, the kinds found above ``info``, and misses / false alarms;
 - a confusion table per kind: hits, misses, false alarms, consequences (a kind listed as a true consequence of the
   fault, e.g. ``nonfinite`` after a divergence: neither a hit nor a false alarm), precision and recall;
-- the first-50-steps check: no ``problem`` that the run's labels do not allow (a rule may withhold a verdict).
+- the first-50-steps check: no ``problem`` that the run's labels do not allow (a rule may withhold a verdict);
+- the same, **with manipulation checks**: whether each caused fault actually happened, judged by :data:`CRITERIA`
+  on the benchmark's own probe (``findings_scenarios.Probe``: the training loop's loss, gradients, weights and
+  its own forward hooks — not the monitor, not the rules). A labelled kind that did not happen is "fault not
+  realised": no longer expected, and then the consequences accepted for it are no longer accepted; a kind that
+  verifiably happened is expected unless it is an accepted consequence of a fault that happened. A run whose
+  labelled fault did not happen and where some kind cannot be verified is excluded, counted and listed.
 
 A finding counts when its severity is ``warning`` or ``problem``; ``info`` never counts (it is a note, such as
 "this layer is frozen").
@@ -22,6 +29,9 @@ Runs already in the store (same scenario, split and seed) are reused unless --re
 from __future__ import annotations
 
 import argparse
+import json
+import math
+import statistics
 import sys
 import tempfile
 import time
@@ -35,10 +45,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import diagnostics as dx  # noqa: E402
 from diagnostics.experiments.data import load_digits  # noqa: E402
-from findings_scenarios import HELD_OUT, HELD_OUT_2, HELD_OUT_3, TRAIN, Scenario, monitor_options, train  # noqa: E402
+from findings_scenarios import (HELD_OUT, HELD_OUT_2, HELD_OUT_3, HELD_OUT_4, TRAIN, Scenario,  # noqa: E402
+                                monitor_options, probe_path, train)
 
 #: The finding kinds scored (in table order).
 KINDS = ("vanishing", "exploding", "nonfinite", "dead_units", "update_small", "update_large", "not_updated")
+#: The scenario sets by name.
+SPLITS = {"train": TRAIN, "held-out": HELD_OUT, "held-out-2": HELD_OUT_2, "held-out-3": HELD_OUT_3,
+          "held-out-4": HELD_OUT_4}
 #: How many of the first steps the live-run check looks at.
 EARLY_STEPS = 50
 
@@ -61,6 +75,124 @@ class Outcome:
     @property
     def false_alarms(self) -> frozenset[str]:
         return self.found - self.expect - self.accept
+
+
+# --- manipulation checks: did the caused fault happen? ------------------------------------------------------
+# Written down before any run of held-out-4 was trained, and before the other sets were re-scored with them.
+# Each reads only the benchmark's own Probe (findings_scenarios.Probe: the training loop's loss, gradients and
+# weights, and its own forward hooks), never the monitor's statistics or the finding rules.
+CHANCE = math.log(10)
+CRITERIA = {
+    "nonfinite": "a NaN/Inf in the input batch, the loss or any parameter gradient, seen by the training loop",
+    "exploding": "the total gradient norm sqrt(Σ‖p.grad‖²) rises ≥ 100× over the median of its first 5 steps, "
+                 "or reaches +Inf at a step whose loss is finite before any NaN, or across depth the median "
+                 "‖∂L/∂x‖ / ‖∂L/∂logits‖ (network input over logits; finite, positive steps) is > 100",
+    "vanishing": "the median ‖∂L/∂x‖ / ‖∂L/∂logits‖ over the run's finite, positive steps (at least 10) is < 1e-3; "
+                 "False where ∂L/∂x is exactly 0 on most finite steps (dead units, not vanishing)",
+    "dead_units": "a hooked ReLU layer has ≥ 25 % of its units never active (output > 0) on any sample of the last "
+                  "50 finite-loss steps (the benchmark's own forward hooks; units that saw NaN are not counted dead)",
+    "update_small": "the run did not learn (mean of its last 20 finite losses ≥ 0.7 ln 10, or fewer than 10 finite) "
+                    "and the median trained Linear/Conv layer moved 0 < ‖W_end − W_0‖/‖W_0‖ < 1e-2 over the run",
+    "update_large": "the run did not learn and the median trained layer moved ‖W_end − W_0‖/‖W_0‖ > 1 over the run "
+                    "(W_end: the last all-finite weights)",
+    "not_updated": "every weight the optimizer holds is bit-identical to its initial value at the end although "
+                   "some gradient was non-zero (a lost update); frozen and left-out layers are checked unchanged",
+}
+
+
+def _median(values: Sequence[float]) -> float:
+    return statistics.median(values) if values else math.nan
+
+
+def _rise(norm: Sequence[float]) -> float:
+    """The largest finite total gradient norm over the median of the first 5 steps' finite ones."""
+    first = _median([n for n in norm[:5] if math.isfinite(n)])
+    top = max((n for n in norm if math.isfinite(n)), default=math.nan)
+    return top / first if first > 0 else math.nan
+
+
+def realised(m: dict) -> dict[str, bool | None]:
+    """Per kind: did it happen in this run (None: the probe cannot tell), by :data:`CRITERIA` on a probe summary."""
+    loss, norm = m["loss"], m["norm"]
+    nan_at = min([i for i, (l, n) in enumerate(zip(loss, norm)) if math.isnan(l) or math.isnan(n)], default=len(loss))
+    rise = _rise(norm)
+    overflow = any(math.isinf(norm[i]) and math.isfinite(loss[i]) for i in range(nan_at))
+    pairs = [(a, b) for a, b in zip(m["in_norm"], m["out_norm"]) if math.isfinite(a) and math.isfinite(b) and b > 0]
+    ratios = [a / b for a, b in pairs if a > 0]
+    depth = _median(ratios)
+    last = [v for v in loss[-20:] if math.isfinite(v)]
+    learned = len(last) >= 10 and sum(last) / len(last) < 0.7 * CHANCE
+    moved = _median([v for v in m["moved"].values() if math.isfinite(v)])
+    units = [u for u in m["units"].values() if u["steps"] >= 10]
+    grad_seen = any(math.isfinite(n) and n > 0 for n in norm)
+    vanishing = None if len(ratios) < 10 else (len(ratios) > len(pairs) / 2 and depth < 1e-3)
+    return {
+        "nonfinite": bool(m["input_nonfinite"] or m["grad_nonfinite"] or any(not math.isfinite(v) for v in loss)),
+        "exploding": bool(rise >= 100 or overflow or depth > 100),
+        "vanishing": vanishing,
+        "dead_units": (any(u["dead"] >= 0.25 * u["units"] for u in units) if units
+                       else (False if not m["units"] else None)),
+        "update_small": None if moved != moved else (not learned and 0 < moved < 1e-2),
+        "update_large": None if moved != moved else (not learned and moved > 1),
+        "not_updated": bool(m["trained_unchanged"] and grad_seen),
+    }
+
+
+def measures(m: dict) -> str:
+    """The probe's numbers behind :func:`realised`, in one line."""
+    norm = m["norm"]
+    rise = _rise(norm)
+    ratios = [a / b for a, b in zip(m["in_norm"], m["out_norm"]) if math.isfinite(a) and math.isfinite(b) and b > 0
+              and a > 0]
+    last = [v for v in m["loss"][-20:] if math.isfinite(v)]
+    dead = max((u["dead"] / u["units"] for u in m["units"].values() if u["steps"] >= 10), default=math.nan)
+    return (f"norm rise {rise:.3g}, dx/dlogits {_median(ratios):.3g}, last loss "
+            f"{(sum(last) / len(last)) if last else math.nan:.3g}, most dead {dead:.0%}, "
+            f"moved {_median(list(m['moved'].values())):.3g}")
+
+
+@dataclass(frozen=True)
+class Checked:
+    """One run's labels set against what its probe says happened."""
+
+    outcome: Outcome
+    truth: dict                      # kind -> True / False / None
+    untouched_ok: bool | None        # frozen / left-out layers unchanged (None: none were)
+
+    @property
+    def not_realised(self) -> frozenset[str]:
+        return frozenset(k for k in self.outcome.expect if self.truth.get(k) is False)
+
+    @property
+    def unlabelled(self) -> frozenset[str]:
+        """Kinds that happened but are neither expected nor an accepted consequence (of a fault that happened)."""
+        accept = self.outcome.accept if not self.not_realised else frozenset()
+        return frozenset(k for k in KINDS if self.truth.get(k) is True) - self.outcome.expect - accept
+
+    @property
+    def excluded(self) -> bool:
+        """A labelled fault that did not happen in a run where some kind cannot be verified: not scored."""
+        return bool(self.not_realised) and any(self.truth.get(k) is None for k in KINDS)
+
+    def rescored(self) -> Outcome:
+        """The outcome scored by what happened: a fault that did not happen is no longer expected, and then its
+        consequences are no longer accepted; a kind that verifiably happened is expected unless it is an accepted
+        consequence of a fault that happened."""
+        o = self.outcome
+        accept = o.accept if not self.not_realised else frozenset()
+        expect = (o.expect - self.not_realised) | self.unlabelled
+        return Outcome(o.scenario, o.seed, frozenset(expect), frozenset(accept), o.found, o.problems)
+
+
+def check(store: dx.RunStore, scenarios: Sequence[Scenario], runs: dict, outcomes: Sequence[Outcome]
+          ) -> list[Checked]:
+    """The manipulation checks of every run (outcomes in the order of :func:`evaluate`)."""
+    checked, it = [], iter(outcomes)
+    for s in scenarios:
+        for seed in s.seeds:
+            m = json.loads(probe_path(store, runs[(s.name, seed)]).read_text())
+            checked.append(Checked(next(it), realised(m), m.get("untouched_unchanged")))
+    return checked
 
 
 def counted(findings: Iterable) -> tuple[frozenset[str], frozenset[str]]:
@@ -97,11 +229,11 @@ def table(rows: Sequence[dict]) -> str:
 
 
 def existing_runs(store: dx.RunStore) -> dict[tuple[str, str, int], str]:
-    """(scenario, split, seed) -> run id of the finished runs already in the store."""
+    """(scenario, split, seed) -> run id of the finished runs already in the store with their probe summary."""
     found = {}
     for run in store.run_ids():
         meta = store.meta(run)
-        if "scenario" in meta and meta.get("status") == "finished":
+        if "scenario" in meta and meta.get("status") == "finished" and probe_path(store, run).exists():
             found[(meta["scenario"], meta["split"], int(meta["seed"]))] = run
     return found
 
@@ -155,26 +287,69 @@ def report(title: str, outcomes: Sequence[Outcome], early: Sequence[Outcome]) ->
     return targets and not quiet and not early_false
 
 
+def report_checked(title: str, checked: Sequence[Checked], early: Sequence[Outcome], probes: Sequence[dict]
+                   ) -> bool:
+    """The manipulation checks: runs whose labels did not hold, then the tables scored by what happened."""
+    print(f"\n### {title}, with manipulation checks\n")
+    bad = [c for c in checked if c.untouched_ok is False]
+    for c, m in zip(checked, probes):
+        o = c.outcome
+        if c.not_realised or c.unlabelled or c.untouched_ok is False:
+            what = "EXCLUDED, " if c.excluded else ""
+            print(f"  {o.scenario:32s} s{o.seed}  {what}"
+                  + (f"fault not realised {sorted(c.not_realised)}; " if c.not_realised else "")
+                  + (f"also happened {sorted(c.unlabelled)}; " if c.unlabelled else "")
+                  + ("FROZEN/LEFT-OUT LAYER MOVED; " if c.untouched_ok is False else "")
+                  + f"happened {sorted(k for k, v in c.truth.items() if v) or '-'}"
+                  + (f", unknown {sorted(k for k, v in c.truth.items() if v is None)}"
+                     if any(v is None for v in c.truth.values()) else "")
+                  + f"  [{measures(m)}]  found {sorted(o.found) or '-'}")
+    kept = [c for c in checked if not c.excluded]
+    rescored = [c.rescored() for c in kept]
+    not_realised = [c for c in checked if c.not_realised]
+    print(f"\nLabels that did not come true: {len(not_realised)} of {len(checked)} runs; excluded (what happened "
+          f"not verifiable): {len(checked) - len(kept)}; frozen or left-out layers that moved: {len(bad)}")
+    rows = score(rescored)
+    print("\n" + table(rows))
+    quiet = [o for o in rescored if not o.expect and o.found - o.accept]
+    early_checked = [Checked(e, c.truth, c.untouched_ok).rescored() for e, c in zip(early, checked)
+                     if not c.excluded]
+    early_false = [o for o in early_checked if o.problems - o.expect - o.accept]
+    print(f"\nRuns with nothing verified to have happened but a finding above info: {len(quiet)}"
+          + "".join(f"\n  {o.scenario} s{o.seed}: {sorted(o.found - o.accept)}" for o in quiet))
+    print(f"First {EARLY_STEPS} steps: runs with a false problem (checked labels): {len(early_false)} of "
+          f"{len(early_checked)}"
+          + "".join(f"\n  {o.scenario} s{o.seed}: {sorted(o.problems - o.expect - o.accept)}" for o in early_false))
+    targets = all(r["precision"] >= 0.9 and r["recall"] >= 0.9 for r in rows if r["runs"]
+                  and r["precision"] == r["precision"])
+    return targets and not quiet and not early_false and not bad
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--store", default=None, help="run store to train into and reuse (default: a temporary one)")
     parser.add_argument("--retrain", action="store_true", help="train every run again")
-    parser.add_argument("--split", choices=("train", "held-out", "held-out-2", "held-out-3", "all"), default="all")
+    parser.add_argument("--split", choices=(*SPLITS, "all"), default="all")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)          # tiny models: one thread is faster than contended ones
     root = args.store or tempfile.mkdtemp(prefix="findings-benchmark-")
     store = dx.RunStore(root)
     print(f"PyTorch {torch.__version__}, monitor options {monitor_options() or '(no unit_activity)'}, store {root}")
+    print("Manipulation checks (the benchmark's own probe, not the monitor):"
+          + "".join(f"\n  {k}: {v}" for k, v in CRITERIA.items()))
     ok = True
-    splits = {"train": TRAIN, "held-out": HELD_OUT, "held-out-2": HELD_OUT_2, "held-out-3": HELD_OUT_3}
-    for split in (tuple(splits) if args.split == "all" else (args.split,)):
-        scenarios = splits[split]
+    for split in (tuple(SPLITS) if args.split == "all" else (args.split,)):
+        scenarios = SPLITS[split]
         started = time.perf_counter()
         runs = ensure_runs(store, scenarios, split, args.retrain)
         trained = time.perf_counter() - started
         full = evaluate(store, scenarios, runs)
         early = evaluate(store, scenarios, runs, EARLY_STEPS)
-        ok &= report(f"{split} set: {len(scenarios)} scenarios x 2 seeds ({trained:.0f} s to train)", full, early)
+        title = f"{split} set: {len(scenarios)} scenarios x 2 seeds ({trained:.0f} s to train)"
+        ok &= report(title, full, early)
+        probes = [json.loads(probe_path(store, runs[(s.name, seed)]).read_text())
+                  for s in scenarios for seed in s.seeds]
+        ok &= report_checked(title, check(store, scenarios, runs, full), early, probes)
     print("\nAll targets met." if ok else "\nSome targets not met (see above).")
     return 0 if ok else 1
 

@@ -6,15 +6,18 @@ kinds that are true consequences of the fault (``accept``: counted neither as hi
 ``TRAIN`` is the set the thresholds were chosen on. ``HELD_OUT`` holds variants (widths, depths, learning rates,
 seeds); its first measurement (README) led to three rule changes, so it is no longer unseen. ``HELD_OUT_2`` was
 written after those changes; its first measurement led to two more. ``HELD_OUT_3`` was written after those and
-measured once with the rules as committed.
+measured once with the rules as committed. ``HELD_OUT_4`` was written together with the manipulation checks
+(:class:`Probe` here, the criteria in ``findings.py``), before any of its runs was trained, and run once.
 """
 
 from __future__ import annotations
 
 import inspect
+import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -161,12 +164,104 @@ def monitor_options() -> dict:
     return {"unit_activity": True} if "unit_activity" in params else {}
 
 
+class Probe:
+    """The benchmark's own instruments on one run, for the manipulation checks of ``findings.py``.
+
+    Nothing here reads the monitor: the training loop itself records, per step, the loss, whether the input batch,
+    the loss or any parameter gradient was non-finite, the total gradient norm ``sqrt(Σ‖p.grad‖²)`` (float64), and
+    ``‖∂L/∂x‖`` (the network's input) and ``‖∂L/∂logits‖`` (a tensor hook); its own forward hooks record which units
+    were active (output > 0) on any sample of a step — ``nn.ReLU`` outputs, a ReLU ``nn.RNN``'s hidden states and
+    the pre-activation of a transformer layer's ``linear1`` (its ReLU is a function, not a module); the unit axis
+    is the channel of a 4-d output, else the last axis. It keeps the first weights of every Linear/Conv layer and
+    the last ones that were all finite. :meth:`summary` is what is stored (JSON) beside the run.
+    """
+
+    def __init__(self, model: nn.Module, s: Scenario, opt: torch.optim.Optimizer) -> None:
+        self.loss: list[float] = []
+        self.norm: list[float] = []
+        self.in_norm: list[float] = []
+        self.out_norm: list[float] = []
+        self.input_nonfinite: list[int] = []
+        self.grad_nonfinite: list[int] = []
+        self.activity: list[dict[str, tuple[torch.Tensor, bool]]] = []
+        self._now: dict[str, tuple[torch.Tensor, bool]] = {}
+        self.model = model
+        held = {id(p) for g in opt.param_groups for p in g["params"]}
+        layers = _weight_layers(model)
+        self.layers = [(f"{i}:{type(m).__name__}", m.weight) for i, m in enumerate(layers)]
+        self.trained = [name for name, w in self.layers if id(w) in held]
+        self.untouched = [f"{i}:{type(layers[i]).__name__}" for i in (*s.freeze, *s.leave_out)]
+        self.w0 = {name: w.detach().clone() for name, w in self.layers}
+        self.last_finite = dict(self.w0)
+        self.hooks = []
+        for name, m in model.named_modules():
+            if isinstance(m, nn.ReLU) or (isinstance(m, nn.RNN) and m.nonlinearity == "relu"):
+                self.hooks.append(m.register_forward_hook(self._hook(name)))
+            elif isinstance(m, nn.TransformerEncoderLayer):
+                self.hooks.append(m.linear1.register_forward_hook(self._hook(f"{name}.linear1")))
+
+    def _hook(self, name: str):
+        def record(module, inputs, output):
+            y = (output[0] if isinstance(output, tuple) else output).detach()
+            y = y.transpose(0, 1).reshape(y.shape[1], -1) if y.dim() == 4 else y.reshape(-1, y.shape[-1]).T
+            self._now[name] = (y.gt(0).any(dim=1), bool(y.isnan().any()))      # (units,), any NaN
+        return record
+
+    def after_backward(self, step: int, x: torch.Tensor, logit_grad: torch.Tensor | None, loss: torch.Tensor) -> None:
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        total = math.sqrt(sum(float(g.double().pow(2).sum()) for g in grads))
+        self.loss.append(float(loss))
+        self.norm.append(total)
+        self.in_norm.append(float(x.grad.double().norm()) if x.grad is not None else math.nan)
+        self.out_norm.append(float(logit_grad.double().norm()) if logit_grad is not None else math.nan)
+        if not bool(torch.isfinite(x.detach()).all()):
+            self.input_nonfinite.append(step)
+        if any(not bool(torch.isfinite(g).all()) for g in grads):
+            self.grad_nonfinite.append(step)
+        self.activity.append(self._now)
+        self._now = {}
+
+    def after_step(self) -> None:
+        if all(bool(torch.isfinite(w).all()) for _, w in self.layers):
+            self.last_finite = {name: w.detach().clone() for name, w in self.layers}
+
+    def summary(self, window: int = 50) -> dict:
+        """Per-step series, per-layer never-active units over the last ``window`` steps whose loss was finite,
+        per trained layer ‖W_last_finite − W_0‖/‖W_0‖, and the by-construction facts."""
+        for h in self.hooks:
+            h.remove()
+        finite = [i for i, v in enumerate(self.loss) if math.isfinite(v)][-window:]
+        units = {}
+        for name in (self.activity[0] if self.activity else {}):
+            seen = [self.activity[i][name] for i in finite if name in self.activity[i]]
+            if seen:
+                active = torch.stack([a for a, _ in seen]).any(dim=0)
+                units[name] = {"units": int(active.numel()), "dead": int((~active).sum()), "steps": len(seen),
+                               "nan": any(n for _, n in seen)}
+        now = {name: w.detach() for name, w in self.layers}
+        moved = {name: float((self.last_finite[name] - self.w0[name]).norm() / self.w0[name].norm().clamp_min(1e-12))
+                 for name in self.trained}
+        unchanged = {name: bool(torch.equal(now[name], self.w0[name])) for name in self.trained}
+        return {"loss": self.loss, "norm": self.norm, "in_norm": self.in_norm, "out_norm": self.out_norm,
+                "input_nonfinite": self.input_nonfinite, "grad_nonfinite": self.grad_nonfinite, "units": units,
+                "moved": moved, "trained_unchanged": bool(self.trained) and all(unchanged.values()),
+                "untouched_unchanged": all(torch.equal(now[n], self.w0[n]) for n in self.untouched)
+                if self.untouched else None}
+
+
+def probe_path(store: dx.RunStore, run: str) -> Path:
+    """Where the probe's summary of a run is kept (a hidden folder: the store does not list it as a run)."""
+    return Path(store.root) / ".manipulation" / f"{run}.json"
+
+
 def train(s: Scenario, seed: int, store: dx.RunStore, split: str, data: dx.DataSplit | None = None) -> str:
-    """Train one scenario with one seed under a monitor; returns the run id (meta: scenario, split, seed)."""
+    """Train one scenario with one seed under a monitor and the benchmark's own :class:`Probe`; returns the run id
+    (meta: scenario, split, seed) and writes the probe's summary to :func:`probe_path`."""
     data = data or load_digits(seed=0)
     torch.manual_seed(seed)
     model = s.build()
     opt = _optimizer(s, model)
+    probe = Probe(model, s, opt)
     gen = torch.Generator().manual_seed(seed)
     meta = {"scenario": s.name, "split": split, "seed": seed, "expect": sorted(s.expect),
             "accept": sorted(s.accept)}
@@ -177,14 +272,23 @@ def train(s: Scenario, seed: int, store: dx.RunStore, split: str, data: dx.DataS
             x = data.x_train[idx].clone()                                          # (B, 1, 8, 8)
             if s.nan_at == step:
                 x[0, 0, 0, 0] = math.nan
-            loss = _loss(s, model(x), data.y_train[idx])
+            x.requires_grad_(True)                 # ∂L/∂x for the probe; the parameters' gradients are unchanged
+            logits = model(x)                                                      # (B, 10)
+            seen: list[torch.Tensor] = []
+            logits.register_hook(lambda g: seen.append(g.detach()))
+            loss = _loss(s, logits, data.y_train[idx])
             loss.backward()
+            probe.after_backward(step, x, seen[0] if seen else None, loss.detach())
             mon.step(loss=loss)
             if s.zero_grad_bug:
                 opt.zero_grad(set_to_none=False)
             opt.step()
+            probe.after_step()
             opt.zero_grad(set_to_none=True)
         run = mon.run_id
+    path = probe_path(store, str(run))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(probe.summary()))
     return str(run)
 
 
@@ -316,4 +420,34 @@ HELD_OUT_3: tuple[Scenario, ...] = tuple(
            optimizer="adam", lr=0.3),
         _s("zero_grad before step mlp adam", lambda: mlp(2, 128), "not_updated", optimizer="adam", lr=1e-3,
            zero_grad_bug=True),
+    ))
+
+# Written (with the manipulation checks of findings.py) before any of its runs was trained; run once.
+HELD_OUT_4: tuple[Scenario, ...] = tuple(
+    replace(s, seeds=(8, 9)) for s in (
+        _s("healthy cnn bn w20", lambda: cnn(20), lr=0.08),
+        _s("healthy mlp adam w160", lambda: mlp(3, 160), optimizer="adam", lr=7e-4),
+        _s("healthy mlp sgd d4 w80", lambda: mlp(4, 80), lr=0.04),
+        _s("healthy transformer d56", lambda: RowTransformer(56, 7), optimizer="adam", lr=7e-4),
+        _s("healthy cnn no bn w20", lambda: cnn(20, bn=False), lr=0.04),
+        _s("frozen first layer d4", lambda: mlp(4, 80), freeze=(0,)),
+        _s("not in optimizer second conv", lambda: cnn(20), leave_out=(1,)),
+        _s("vanishing sigmoid d9 w80", lambda: mlp(9, 80, "sigmoid"), "vanishing", "update_small", lr=0.15),
+        _s("vanishing tanh d22 w80", lambda: mlp(22, 80, "tanh", gain=0.45), "vanishing", "update_small",
+           lr=0.04),
+        _s("vanishing relu d35 w40", lambda: mlp(35, 40, "relu"), "vanishing", "update_small dead_units", lr=0.03),
+        _s("exploding lr 2.5", lambda: mlp(3, 80), "exploding", _DIVERGED, lr=2.5),
+        _s("exploding init d9 w64", lambda: mlp(9, 64, "relu", gain=3.2, init="he"), "exploding", _DIVERGED,
+           lr=0.008),
+        _s("exploding chaotic tanh d22 w80", lambda: mlp(22, 80, "tanh", gain=4.2), "exploding",
+           _DIVERGED + " vanishing", optimizer="adam", lr=1.5e-4),
+        _s("exploding rnn r2.0 w40", lambda: PixelRNN(40, 2.0), "exploding", _DIVERGED, lr=0.008),
+        _s("dead half mlp w80", lambda: mlp(3, 80, dead_half=1), "dead_units", lr=0.04),
+        _s("dead half cnn w20", lambda: cnn(20, bn=False, dead_half=True), "dead_units", lr=0.04),
+        _s("nan input d4", lambda: mlp(4, 80), "nonfinite", "", nan_at=75),
+        _s("log of zero t70 sgd", lambda: mlp(3, 80), "nonfinite", "", log_softmax_temperature=70.0, lr=0.08),
+        _s("tiny lr d4", lambda: mlp(4, 80), "update_small", "vanishing", optimizer="plain-sgd", lr=2e-5),
+        _s("huge lr adam w80", lambda: mlp(3, 80), "update_large", "dead_units exploding nonfinite",
+           optimizer="adam", lr=0.4),
+        _s("zero_grad before step cnn w12", lambda: cnn(12), "not_updated", lr=0.05, zero_grad_bug=True),
     ))
