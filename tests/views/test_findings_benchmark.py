@@ -1,5 +1,5 @@
 """benchmarks/findings.py: the scoring of its confusion table, its manipulation checks (scoring by what happened),
-and its harness with the benchmark's own probe on four short scenarios (the full benchmark trains 168 runs and is
+and its harness with the benchmark's own probe on four short scenarios (the full benchmark trains 208 runs and is
 not run here)."""
 
 from __future__ import annotations
