@@ -5,8 +5,9 @@ Trains every scenario of :mod:`findings_scenarios` (small MLPs, CNNs, an RNN and
 ``dx.findings`` about every run, once on the whole run and once on its first 50 steps (what a live run shows).
 The sets: ``train`` (thresholds chosen on it), ``held-out`` (variants; measured once, then three rules changed),
 ``held-out-2`` (written after those; measured once, then two rules changed), ``held-out-3`` (written after
-those, measured with the committed rules) and ``held-out-4`` (written with the manipulation checks, before any
-of its runs was trained; run once, rules unchanged). Printed per set:
+those, measured with the committed rules), ``held-out-4`` (written with the manipulation checks, before any
+of its runs was trained; run once, rules unchanged) and ``held-out-5`` (written with version 2 of the checks,
+committed before any of its runs was trained; run once, rules unchanged). Printed per set:
 
 - per run: the expected kinds, the kinds found above ``info``, and misses / false alarms;
 - a confusion table per kind: hits, misses, false alarms, consequences (a kind listed as a true consequence of the
@@ -16,8 +17,10 @@ of its runs was trained; run once, rules unchanged). Printed per set:
   on the benchmark's own probe (``findings_scenarios.Probe``: the training loop's loss, gradients, weights and
   its own forward hooks — not the monitor, not the rules). A labelled kind that did not happen is "fault not
   realised": no longer expected, and then the consequences accepted for it are no longer accepted; a kind that
-  verifiably happened is expected unless it is an accepted consequence of a fault that happened. A run whose
-  labelled fault did not happen and where some kind cannot be verified is excluded, counted and listed.
+  verifiably happened is expected unless it is an accepted consequence of a fault that happened. A kind measured
+  in the band around its criterion (:data:`BORDERLINE`) is not scored in that run. A run whose labelled fault did
+  not happen and where some kind cannot be verified is excluded, counted and listed. Version 2 of the criteria
+  needs the probe's per-step movement: stores written before it cannot tell the update sizes (``--retrain``).
 
 A finding counts when its severity is ``warning`` or ``problem``; ``info`` never counts (it is a note, such as
 "this layer is frozen").
@@ -45,14 +48,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import diagnostics as dx  # noqa: E402
 from diagnostics.experiments.data import load_digits  # noqa: E402
-from findings_scenarios import (HELD_OUT, HELD_OUT_2, HELD_OUT_3, HELD_OUT_4, TRAIN, Scenario,  # noqa: E402
-                                monitor_options, probe_path, train)
+from findings_scenarios import (HELD_OUT, HELD_OUT_2, HELD_OUT_3, HELD_OUT_4, HELD_OUT_5, TRAIN,  # noqa: E402
+                                Scenario, monitor_options, probe_path, train)
 
 #: The finding kinds scored (in table order).
 KINDS = ("vanishing", "exploding", "nonfinite", "dead_units", "update_small", "update_large", "not_updated")
 #: The scenario sets by name.
 SPLITS = {"train": TRAIN, "held-out": HELD_OUT, "held-out-2": HELD_OUT_2, "held-out-3": HELD_OUT_3,
-          "held-out-4": HELD_OUT_4}
+          "held-out-4": HELD_OUT_4, "held-out-5": HELD_OUT_5}
 #: How many of the first steps the live-run check looks at.
 EARLY_STEPS = 50
 
@@ -78,25 +81,70 @@ class Outcome:
 
 
 # --- manipulation checks: did the caused fault happen? ------------------------------------------------------
-# Written down before any run of held-out-4 was trained, and before the other sets were re-scored with them.
 # Each reads only the benchmark's own Probe (findings_scenarios.Probe: the training loop's loss, gradients and
 # weights, and its own forward hooks), never the monitor's statistics or the finding rules.
 CHANCE = math.log(10)
-CRITERIA = {
+#: A kind whose measurement falls between "clearly happened" and "clearly did not" (a band around the criterion,
+#: set from the healthy range): neither expected nor a false alarm for that run; counted and listed.
+BORDERLINE = "borderline"
+#: What healthy, frozen and left-out runs of sets 1-4 (66 runs) showed, measured before version 2 was written
+#: (per-step movement from the monitor's recorded ‖ΔW‖/‖W‖ of those runs, the only per-step record then; the
+#: rest from the probe). Version 2's thresholds are set from these, not from the fault runs' findings.
+HEALTHY = {
+    "step_movement_median": (1.4e-3, 2.3e-2),   # per run: median over steps of the median layer's ‖ΔW‖/‖W‖
+    "step_movement_max": 0.043,                 # the largest single step of any of them
+    "norm_rise": (1.26, 106.0),                 # largest total gradient norm / median of the first 5 steps
+    "most_dead": (0.0, 0.25),                   # the largest share of a ReLU layer's units never active
+    "dx_over_dlogits": (0.025, 4.1),            # median ‖∂L/∂x‖ / ‖∂L/∂logits‖
+}
+#: Version 2 thresholds (each from HEALTHY, with the factor said in CRITERIA).
+SMALL_STEP = 1.4e-4          # 10x below the lowest healthy per-run median step
+SMALL_STEP_BAND = 4.7e-4     # 3x below it: between the two, borderline
+LARGE_STEP = 0.09            # 2x the largest single healthy step
+LARGE_STEPS = 5              # on at least this many finite steps; 1-4 such steps: borderline
+EXPLODING_RISE = 300.0       # ~3x the highest healthy total-norm rise (106x)
+DEAD_SHARE = 0.40            # of a layer's units never active; healthy reach 25 %, the caused fault 50 %
+DEAD_SHARE_BAND = 0.20       # from here up to DEAD_SHARE: borderline
+CRITERIA_VERSION = 2
+#: Version 1 (held-out 4 and the first re-scoring of sets 1-3 were judged by it); kept for the record.
+CRITERIA_V1 = {
     "nonfinite": "a NaN/Inf in the input batch, the loss or any parameter gradient, seen by the training loop",
-    "exploding": "the total gradient norm sqrt(Σ‖p.grad‖²) rises ≥ 100× over the median of its first 5 steps, "
-                 "or reaches +Inf at a step whose loss is finite before any NaN, or across depth the median "
-                 "‖∂L/∂x‖ / ‖∂L/∂logits‖ (network input over logits; finite, positive steps) is > 100",
+    "exploding": "the total gradient norm rises >= 100x over the median of its first 5 steps, or reaches +Inf at "
+                 "a step whose loss is finite before any NaN, or the median dx/dlogits norm ratio is > 100",
+    "vanishing": "the median dx/dlogits norm ratio over finite, positive steps (>= 10) is < 1e-3; not where dL/dx "
+                 "is exactly 0 on most finite steps",
+    "dead_units": "a hooked ReLU layer has >= 25 % of its units never active on the last 50 finite-loss steps",
+    "update_small": "the run did not learn (last 20 finite losses >= 0.7 ln 10) and the median trained layer moved "
+                    "0 < |W_end - W_0|/|W_0| < 1e-2 over the run",
+    "update_large": "the run did not learn and the median trained layer moved |W_end - W_0|/|W_0| > 1 over the run",
+    "not_updated": "every weight the optimizer holds is bit-identical to its start although a gradient was non-zero",
+}
+#: Version 2 (committed before set 5 was written into a run and before sets 1-4 were re-scored with it).
+CRITERIA = {
+    "nonfinite": "a NaN/Inf in the input batch, the loss or any parameter gradient, seen by the training loop "
+                 "(unchanged)",
+    "exploding": "the total gradient norm sqrt(Σ‖p.grad‖²) rises ≥ 300× over the median of its first 5 steps "
+                 "(healthy runs reach 1.3-106×: v1's 100× was met by a healthy run), or reaches +Inf at a step "
+                 "whose loss is finite before any NaN, or the median ‖∂L/∂x‖/‖∂L/∂logits‖ is > 100 (healthy: "
+                 "0.025-4.1)",
     "vanishing": "the median ‖∂L/∂x‖ / ‖∂L/∂logits‖ over the run's finite, positive steps (at least 10) is < 1e-3; "
-                 "False where ∂L/∂x is exactly 0 on most finite steps (dead units, not vanishing)",
-    "dead_units": "a hooked ReLU layer has ≥ 25 % of its units never active (output > 0) on any sample of the last "
-                  "50 finite-loss steps (the benchmark's own forward hooks; units that saw NaN are not counted dead)",
-    "update_small": "the run did not learn (mean of its last 20 finite losses ≥ 0.7 ln 10, or fewer than 10 finite) "
-                    "and the median trained Linear/Conv layer moved 0 < ‖W_end − W_0‖/‖W_0‖ < 1e-2 over the run",
-    "update_large": "the run did not learn and the median trained layer moved ‖W_end − W_0‖/‖W_0‖ > 1 over the run "
-                    "(W_end: the last all-finite weights)",
+                 "False where ∂L/∂x is exactly 0 on most finite steps (dead units, not vanishing) (unchanged)",
+    "dead_units": "a hooked ReLU layer has ≥ 40 % of its units never active (output > 0) on any sample of the last "
+                  "50 finite-loss steps; 20-40 % is borderline (healthy runs reach 25 %, exactly on v1's line; the "
+                  "caused fault kills 50 %)",
+    "update_small": "per step, the median trained layer's ‖W_after − W_before‖/‖W_before‖ (steps whose loss and "
+                    "weights were finite; at least 10), its median over the run < 1.4e-4 — 10× below the lowest "
+                    "healthy run (1.4e-3; healthy 1.4e-3-2.3e-2) —, the run did not learn (last 20 finite losses ≥ "
+                    "0.7 ln 10), and the gradient signal was intact: the vanishing, exploding and dead-units checks "
+                    "are not true (then the small steps come from the gradient or the initialisation, not the "
+                    "learning rate: v1 counted chaotic-tanh nets). 1.4e-4-4.7e-4 (3-10× below) is borderline",
+    "update_large": "the median trained layer's per-step ‖ΔW‖/‖W‖ exceeds 0.09 — twice the largest single step of "
+                    "any healthy run (0.043) — on at least 5 steps whose loss and weights were finite; 1-4 such "
+                    "steps is borderline (v1 judged the net movement over the run with a loss that did not fall, "
+                    "so a NaN at the end or a slow healthy CNN counted)",
     "not_updated": "every weight the optimizer holds is bit-identical to its initial value at the end although "
-                   "some gradient was non-zero (a lost update); frozen and left-out layers are checked unchanged",
+                   "some gradient was non-zero (a lost update); frozen and left-out layers are checked unchanged "
+                   "(unchanged)",
 }
 
 
@@ -111,8 +159,17 @@ def _rise(norm: Sequence[float]) -> float:
     return top / first if first > 0 else math.nan
 
 
-def realised(m: dict) -> dict[str, bool | None]:
-    """Per kind: did it happen in this run (None: the probe cannot tell), by :data:`CRITERIA` on a probe summary."""
+def _band(value: float, yes: bool, no: bool) -> bool | str | None:
+    """True / False / BORDERLINE from a measured value (None when it is NaN)."""
+    if value != value:
+        return None
+    return True if yes else (False if no else BORDERLINE)
+
+
+def realised(m: dict) -> dict[str, bool | str | None]:
+    """Per kind: did it happen in this run — True, False, :data:`BORDERLINE` or None (the probe cannot tell) —
+    by :data:`CRITERIA` (version 2) on a probe summary. A summary without per-step movement (written before
+    version 2) cannot tell the update sizes."""
     loss, norm = m["loss"], m["norm"]
     nan_at = min([i for i, (l, n) in enumerate(zip(loss, norm)) if math.isnan(l) or math.isnan(n)], default=len(loss))
     rise = _rise(norm)
@@ -122,18 +179,37 @@ def realised(m: dict) -> dict[str, bool | None]:
     depth = _median(ratios)
     last = [v for v in loss[-20:] if math.isfinite(v)]
     learned = len(last) >= 10 and sum(last) / len(last) < 0.7 * CHANCE
-    moved = _median([v for v in m["moved"].values() if math.isfinite(v)])
     units = [u for u in m["units"].values() if u["steps"] >= 10]
     grad_seen = any(math.isfinite(n) and n > 0 for n in norm)
     vanishing = None if len(ratios) < 10 else (len(ratios) > len(pairs) / 2 and depth < 1e-3)
+    exploding = bool(rise >= EXPLODING_RISE or overflow or depth > 100)
+    if units:
+        share = max(u["dead"] / u["units"] for u in units)
+        dead = True if share >= DEAD_SHARE else (BORDERLINE if share >= DEAD_SHARE_BAND else False)
+    else:
+        dead = False if not m["units"] else None
+    steps = [v for v in m.get("step_moved", []) if math.isfinite(v)]
+    small: bool | str | None = None
+    large: bool | str | None = None
+    if "step_moved" in m:
+        if len(steps) >= 10:
+            typical = _median(steps)
+            intact = vanishing is not True and not exploding and dead is not True
+            small = (False if learned or not intact or typical == 0        # no movement at all: not_updated
+                     else _band(typical, typical < SMALL_STEP, typical >= SMALL_STEP_BAND))
+        elif not learned:
+            small = None
+        else:
+            small = False
+        big = sum(v > LARGE_STEP for v in steps)
+        large = None if not steps else (True if big >= LARGE_STEPS else (BORDERLINE if big else False))
     return {
         "nonfinite": bool(m["input_nonfinite"] or m["grad_nonfinite"] or any(not math.isfinite(v) for v in loss)),
-        "exploding": bool(rise >= 100 or overflow or depth > 100),
+        "exploding": exploding,
         "vanishing": vanishing,
-        "dead_units": (any(u["dead"] >= 0.25 * u["units"] for u in units) if units
-                       else (False if not m["units"] else None)),
-        "update_small": None if moved != moved else (not learned and 0 < moved < 1e-2),
-        "update_large": None if moved != moved else (not learned and moved > 1),
+        "dead_units": dead,
+        "update_small": small,
+        "update_large": large,
         "not_updated": bool(m["trained_unchanged"] and grad_seen),
     }
 
@@ -146,8 +222,11 @@ def measures(m: dict) -> str:
               and a > 0]
     last = [v for v in m["loss"][-20:] if math.isfinite(v)]
     dead = max((u["dead"] / u["units"] for u in m["units"].values() if u["steps"] >= 10), default=math.nan)
+    steps = [v for v in m.get("step_moved", []) if math.isfinite(v)]
     return (f"norm rise {rise:.3g}, dx/dlogits {_median(ratios):.3g}, last loss "
             f"{(sum(last) / len(last)) if last else math.nan:.3g}, most dead {dead:.0%}, "
+            f"step {_median(steps):.3g} (max {max(steps, default=math.nan):.3g}, "
+            f"{sum(v > LARGE_STEP for v in steps)} > {LARGE_STEP}, {len(steps)} finite), "
             f"moved {_median(list(m['moved'].values())):.3g}")
 
 
@@ -164,6 +243,12 @@ class Checked:
         return frozenset(k for k in self.outcome.expect if self.truth.get(k) is False)
 
     @property
+    def borderline(self) -> frozenset[str]:
+        """Kinds measured in the band around their criterion: not scored in this run (neither hit, miss nor false
+        alarm)."""
+        return frozenset(k for k in KINDS if self.truth.get(k) == BORDERLINE)
+
+    @property
     def unlabelled(self) -> frozenset[str]:
         """Kinds that happened but are neither expected nor an accepted consequence (of a fault that happened)."""
         accept = self.outcome.accept if not self.not_realised else frozenset()
@@ -177,10 +262,10 @@ class Checked:
     def rescored(self) -> Outcome:
         """The outcome scored by what happened: a fault that did not happen is no longer expected, and then its
         consequences are no longer accepted; a kind that verifiably happened is expected unless it is an accepted
-        consequence of a fault that happened."""
+        consequence of a fault that happened; a borderline kind is not scored (accepted, not expected)."""
         o = self.outcome
-        accept = o.accept if not self.not_realised else frozenset()
-        expect = (o.expect - self.not_realised) | self.unlabelled
+        accept = (o.accept if not self.not_realised else frozenset()) | self.borderline
+        expect = (o.expect - self.not_realised - self.borderline) | self.unlabelled
         return Outcome(o.scenario, o.seed, frozenset(expect), frozenset(accept), o.found, o.problems)
 
 
@@ -294,28 +379,32 @@ def report_checked(title: str, checked: Sequence[Checked], early: Sequence[Outco
     bad = [c for c in checked if c.untouched_ok is False]
     for c, m in zip(checked, probes):
         o = c.outcome
-        if c.not_realised or c.unlabelled or c.untouched_ok is False:
+        if c.not_realised or c.unlabelled or c.borderline or c.untouched_ok is False:
             what = "EXCLUDED, " if c.excluded else ""
             print(f"  {o.scenario:32s} s{o.seed}  {what}"
                   + (f"fault not realised {sorted(c.not_realised)}; " if c.not_realised else "")
                   + (f"also happened {sorted(c.unlabelled)}; " if c.unlabelled else "")
+                  + (f"borderline (not scored) {sorted(c.borderline)}; " if c.borderline else "")
                   + ("FROZEN/LEFT-OUT LAYER MOVED; " if c.untouched_ok is False else "")
-                  + f"happened {sorted(k for k, v in c.truth.items() if v) or '-'}"
+                  + f"happened {sorted(k for k, v in c.truth.items() if v is True) or '-'}"
                   + (f", unknown {sorted(k for k, v in c.truth.items() if v is None)}"
                      if any(v is None for v in c.truth.values()) else "")
                   + f"  [{measures(m)}]  found {sorted(o.found) or '-'}")
     kept = [c for c in checked if not c.excluded]
     rescored = [c.rescored() for c in kept]
     not_realised = [c for c in checked if c.not_realised]
+    border = [c for c in kept if c.borderline]
     print(f"\nLabels that did not come true: {len(not_realised)} of {len(checked)} runs; excluded (what happened "
-          f"not verifiable): {len(checked) - len(kept)}; frozen or left-out layers that moved: {len(bad)}")
+          f"not verifiable): {len(checked) - len(kept)}; runs with a borderline kind (not scored for it): "
+          f"{len(border)}; frozen or left-out layers that moved: {len(bad)}")
     rows = score(rescored)
     print("\n" + table(rows))
     quiet = [o for o in rescored if not o.expect and o.found - o.accept]
     early_checked = [Checked(e, c.truth, c.untouched_ok).rescored() for e, c in zip(early, checked)
                      if not c.excluded]
     early_false = [o for o in early_checked if o.problems - o.expect - o.accept]
-    print(f"\nRuns with nothing verified to have happened but a finding above info: {len(quiet)}"
+    print(f"\nRuns with nothing verified to have happened but a finding above info (borderline kinds aside): "
+          f"{len(quiet)}"
           + "".join(f"\n  {o.scenario} s{o.seed}: {sorted(o.found - o.accept)}" for o in quiet))
     print(f"First {EARLY_STEPS} steps: runs with a false problem (checked labels): {len(early_false)} of "
           f"{len(early_checked)}"
@@ -335,7 +424,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     root = args.store or tempfile.mkdtemp(prefix="findings-benchmark-")
     store = dx.RunStore(root)
     print(f"PyTorch {torch.__version__}, monitor options {monitor_options() or '(no unit_activity)'}, store {root}")
-    print("Manipulation checks (the benchmark's own probe, not the monitor):"
+    print(f"Manipulation checks, version {CRITERIA_VERSION} (the benchmark's own probe, not the monitor):"
           + "".join(f"\n  {k}: {v}" for k, v in CRITERIA.items()))
     ok = True
     for split in (tuple(SPLITS) if args.split == "all" else (args.split,)):

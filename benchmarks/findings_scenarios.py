@@ -8,6 +8,8 @@ seeds); its first measurement (README) led to three rule changes, so it is no lo
 written after those changes; its first measurement led to two more. ``HELD_OUT_3`` was written after those and
 measured once with the rules as committed. ``HELD_OUT_4`` was written together with the manipulation checks
 (:class:`Probe` here, the criteria in ``findings.py``), before any of its runs was trained, and run once.
+``HELD_OUT_5`` (seeds 10 and 11) was written with version 2 of the checks (the probe also records each step's
+relative weight movement), committed before any of its runs was trained, and run once.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import inspect
 import json
 import math
+import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -173,7 +176,8 @@ class Probe:
     were active (output > 0) on any sample of a step — ``nn.ReLU`` outputs, a ReLU ``nn.RNN``'s hidden states and
     the pre-activation of a transformer layer's ``linear1`` (its ReLU is a function, not a module); the unit axis
     is the channel of a 4-d output, else the last axis. It keeps the first weights of every Linear/Conv layer and
-    the last ones that were all finite. :meth:`summary` is what is stored (JSON) beside the run.
+    the last ones that were all finite, and per step the median over trained layers of ‖ΔW‖/‖W‖ (NaN on a step
+whose loss or weights were not finite). :meth:`summary` is what is stored (JSON) beside the run.
     """
 
     def __init__(self, model: nn.Module, s: Scenario, opt: torch.optim.Optimizer) -> None:
@@ -193,6 +197,8 @@ class Probe:
         self.untouched = [f"{i}:{type(layers[i]).__name__}" for i in (*s.freeze, *s.leave_out)]
         self.w0 = {name: w.detach().clone() for name, w in self.layers}
         self.last_finite = dict(self.w0)
+        self.before = {name: w.detach().clone() for name, w in self.layers if name in self.trained}
+        self.step_moved: list[float] = []
         self.hooks = []
         for name, m in model.named_modules():
             if isinstance(m, nn.ReLU) or (isinstance(m, nn.RNN) and m.nonlinearity == "relu"):
@@ -222,8 +228,19 @@ class Probe:
         self._now = {}
 
     def after_step(self) -> None:
+        """Keep the last all-finite weights, and record this step's movement: the median over trained layers of
+        ‖W_after − W_before‖/‖W_before‖, NaN unless the step's loss and every trained weight before and after the
+        step were finite (version 2 of the update-size checks)."""
         if all(bool(torch.isfinite(w).all()) for _, w in self.layers):
             self.last_finite = {name: w.detach().clone() for name, w in self.layers}
+        after = {name: w.detach().clone() for name, w in self.layers if name in self.trained}
+        finite = (bool(self.loss) and math.isfinite(self.loss[-1])
+                  and all(bool(torch.isfinite(after[n]).all()) and bool(torch.isfinite(self.before[n]).all())
+                          for n in after))
+        ratios = sorted(float((after[n].double() - self.before[n].double()).norm()
+                              / self.before[n].double().norm().clamp_min(1e-12)) for n in after)
+        self.step_moved.append(float(statistics.median(ratios)) if finite and ratios else math.nan)
+        self.before = after
 
     def summary(self, window: int = 50) -> dict:
         """Per-step series, per-layer never-active units over the last ``window`` steps whose loss was finite,
@@ -244,7 +261,7 @@ class Probe:
         unchanged = {name: bool(torch.equal(now[name], self.w0[name])) for name in self.trained}
         return {"loss": self.loss, "norm": self.norm, "in_norm": self.in_norm, "out_norm": self.out_norm,
                 "input_nonfinite": self.input_nonfinite, "grad_nonfinite": self.grad_nonfinite, "units": units,
-                "moved": moved, "trained_unchanged": bool(self.trained) and all(unchanged.values()),
+                "moved": moved, "step_moved": self.step_moved, "trained_unchanged": bool(self.trained) and all(unchanged.values()),
                 "untouched_unchanged": all(torch.equal(now[n], self.w0[n]) for n in self.untouched)
                 if self.untouched else None}
 
@@ -450,4 +467,40 @@ HELD_OUT_4: tuple[Scenario, ...] = tuple(
         _s("huge lr adam w80", lambda: mlp(3, 80), "update_large", "dead_units exploding nonfinite",
            optimizer="adam", lr=0.4),
         _s("zero_grad before step cnn w12", lambda: cnn(12), "not_updated", lr=0.05, zero_grad_bug=True),
+    ))
+
+# Written with version 2 of the manipulation checks (findings.py), committed before any of its runs was trained;
+# run once. Widths, depths, learning rates and seeds (10, 11) used in no earlier set.
+HELD_OUT_5: tuple[Scenario, ...] = tuple(
+    replace(s, seeds=(10, 11)) for s in (
+        _s("healthy cnn bn w28", lambda: cnn(28), lr=0.06),
+        _s("healthy mlp adam w112", lambda: mlp(3, 112), optimizer="adam", lr=1.5e-3),
+        _s("healthy mlp sgd d6 w72", lambda: mlp(6, 72), lr=0.03),
+        _s("healthy transformer d64", lambda: RowTransformer(64, 8), optimizer="adam", lr=5e-4),
+        _s("healthy cnn no bn w10 d2", lambda: cnn(10, bn=False, depth=2), lr=0.06),
+        _s("frozen middle layers d4 w72", lambda: mlp(4, 72), freeze=(1, 2)),
+        _s("not in optimizer third conv d4", lambda: cnn(12, depth=4), leave_out=(2,)),
+        _s("vanishing sigmoid d11 w56", lambda: mlp(11, 56, "sigmoid"), "vanishing", "update_small", lr=0.12),
+        _s("vanishing tanh d28 w56", lambda: mlp(28, 56, "tanh", gain=0.5), "vanishing", "update_small", lr=0.03),
+        _s("vanishing relu d32 w56", lambda: mlp(32, 56, "relu"), "vanishing", "update_small dead_units", lr=0.04),
+        _s("exploding lr 3.5 w112", lambda: mlp(2, 112), "exploding", _DIVERGED, lr=3.5),
+        _s("exploding init d11 w56", lambda: mlp(11, 56, "relu", gain=3.0, init="he"), "exploding", _DIVERGED,
+           lr=0.006),
+        _s("exploding chaotic tanh d20 w112", lambda: mlp(20, 112, "tanh", gain=4.6), "exploding",
+           _DIVERGED + " vanishing", optimizer="adam", lr=1.2e-4),
+        _s("exploding rnn r2.1 w56", lambda: PixelRNN(56, 2.1), "exploding", _DIVERGED, lr=0.006),
+        _s("dead half mlp w112 first", lambda: mlp(2, 112, dead_half=0), "dead_units", lr=0.03),
+        _s("dead half cnn w28 adam", lambda: cnn(28, bn=False, dead_half=True), "dead_units", optimizer="adam",
+           lr=1.5e-3),
+        _s("nan input cnn w12", lambda: cnn(12), "nonfinite", "", nan_at=140),
+        _s("log of zero t50", lambda: mlp(3, 56), "nonfinite", "", log_softmax_temperature=50.0, lr=0.06),
+        _s("tiny lr adam w56", lambda: mlp(3, 56), "update_small", "vanishing", optimizer="adam", lr=3e-6),
+        _s("tiny lr plain sgd d5 w56", lambda: mlp(5, 56), "update_small", "vanishing", optimizer="plain-sgd",
+           lr=1e-5),
+        _s("huge lr adam w112", lambda: mlp(2, 112), "update_large", "dead_units exploding nonfinite",
+           optimizer="adam", lr=0.25),
+        _s("huge lr adam d5 w48", lambda: mlp(5, 48), "update_large", "dead_units exploding nonfinite",
+           optimizer="adam", lr=0.35),
+        _s("zero_grad before step plain sgd d4", lambda: mlp(4, 56), "not_updated", optimizer="plain-sgd",
+           lr=0.05, zero_grad_bug=True),
     ))
