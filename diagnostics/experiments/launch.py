@@ -102,6 +102,18 @@ def _main_module_hidden() -> Iterator[None]:
                 sys.modules["__main__"] = main
 
 
+def _end(processes: list) -> None:
+    """Terminate processes (SIGTERM, then SIGKILL for any still alive after a second) and reap them."""
+    for process in processes:
+        process.terminate()
+    deadline = time.monotonic() + 1.0
+    for process in processes:
+        process.join(timeout=max(0.0, deadline - time.monotonic()))
+        if process.is_alive():
+            process.kill()
+            process.join(timeout=5)
+
+
 def _spawn(target: Callable[..., None], args: tuple, nprocs: int, progress: ProgressCallback | None,
            expected: int, stop: threading.Event | None = None, shared_stop: Any = None) -> dict[str, str]:
     """Start ``nprocs`` spawned processes running ``target(rank, *args, events)``; relay progress, merge results.
@@ -117,8 +129,9 @@ def _spawn(target: Callable[..., None], args: tuple, nprocs: int, progress: Prog
                                      start_method="spawn")
     results: list[dict[str, str]] = []
 
-    def drain() -> None:
-        while True:
+    def drain(budget: float = 0.2) -> None:
+        end = time.monotonic() + budget               # bounded, so that a flood of reports cannot delay a cancel
+        while time.monotonic() < end:
             try:
                 kind, payload = events.get(timeout=0.05)
             except queue_module.Empty:
@@ -133,15 +146,12 @@ def _spawn(target: Callable[..., None], args: tuple, nprocs: int, progress: Prog
             drain()
             if stop is not None and stop.is_set():
                 if shared_stop is None:
-                    for process in context.processes:
-                        process.terminate()
-                    for process in context.processes:
-                        process.join(timeout=10)
+                    _end(context.processes)
                     raise ComputeLimitError("the comparison was cancelled")
                 shared_stop.set()
             if context.join(timeout=0.1):
                 break
-        drain()
+        drain(float("inf"))                           # every report and result the processes left
     except mp.ProcessRaisedException as exc:
         if shared_stop is not None and shared_stop.is_set():
             raise ComputeLimitError("the comparison was cancelled") from None

@@ -67,7 +67,7 @@ def test_a_comparison_estimate_is_known_before_it_starts_and_grows_with_its_sett
 
 
 def test_a_running_comparison_stops_when_cancelled(tmp_path):
-    job = ComparisonJob(store=str(tmp_path), variants=["plain"], depth=2, width=2, steps=5000, dataset="synthetic",
+    job = ComparisonJob(store=str(tmp_path), variants=["plain"], depth=2, width=2, steps=200_000, dataset="synthetic",
                         batch_size=8, workers=1)
     started = threading.Event()
     job._record = lambda update, record=job._record: (started.set(), record(update))
@@ -75,11 +75,11 @@ def test_a_running_comparison_stops_when_cancelled(tmp_path):
     assert started.wait(60)
     job.cancel()
     assert job.wait(60) and job.cancelled and isinstance(job.exception, ComputeLimitError)
-    assert job.latest()["plain"].step < 5000
+    assert job.latest()["plain"].step < 200_000
 
 
 def test_a_running_ddp_comparison_is_terminated_when_cancelled(tmp_path):
-    job = ComparisonJob(store=str(tmp_path), variants=["plain"], depth=2, width=2, steps=5000, dataset="synthetic",
+    job = ComparisonJob(store=str(tmp_path), variants=["plain"], depth=2, width=2, steps=200_000, dataset="synthetic",
                         batch_size=8, nproc=2)
     started = threading.Event()
     job._record = lambda update, record=job._record: (started.set(), record(update))
@@ -87,7 +87,7 @@ def test_a_running_ddp_comparison_is_terminated_when_cancelled(tmp_path):
     assert started.wait(120)
     job.cancel()
     assert job.wait(60) and job.cancelled and isinstance(job.exception, ComputeLimitError)
-    assert job.latest()["plain"].step < 5000
+    assert job.latest()["plain"].step < 200_000
 
 
 @pytest.mark.parametrize("module,shape,expected", [
@@ -105,7 +105,7 @@ def test_a_comparison_training_in_worker_processes_stops_when_cancelled(tmp_path
 
     import diagnostics as dx
 
-    job = ComparisonJob(store=str(tmp_path), variants=["plain", "residual"], depth=2, width=2, steps=5000,
+    job = ComparisonJob(store=str(tmp_path), variants=["plain", "residual"], depth=2, width=2, steps=200_000,
                         dataset="synthetic", batch_size=8, workers=2).start()
     deadline = time.monotonic() + 120
     while not job.latest() and time.monotonic() < deadline:        # both spawned workers are training
@@ -113,5 +113,5 @@ def test_a_comparison_training_in_worker_processes_stops_when_cancelled(tmp_path
     job.cancel()
     assert job.wait(60) and isinstance(job.exception, ComputeLimitError)
     runs = dx.RunStore(tmp_path).runs()
-    assert len(runs) == 2 and (runs["steps"] < 5000).all()
+    assert len(runs) == 2 and (runs["steps"] < 200_000).all()
     assert all("cancelled" in tags for tags in runs["tags"]) and not runs["status"].eq("running").any()
