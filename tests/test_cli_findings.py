@@ -4,29 +4,12 @@ from __future__ import annotations
 
 import json
 
-import torch
-from torch import nn
-
-import diagnostics as dx
 from diagnostics.cli import main
+from tests.views.test_findings_api import record as train
 
 
 def record(store, nan_at: int | None = None) -> str:
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
-    opt = torch.optim.SGD(model.parameters(), lr=0.05)
-    x, y = torch.randn(32, 4), torch.randint(0, 3, (32,))
-    with dx.GradientMonitor(model, store=store, run_name="cli", optimizer=opt, on_nonfinite="ignore") as mon:
-        for step in range(25):
-            batch = x.clone()
-            if step == nan_at:
-                batch[0, 0] = float("nan")
-            loss = nn.functional.cross_entropy(model(batch), y)
-            loss.backward()
-            mon.step(loss=loss)
-            opt.step()
-            opt.zero_grad()
-    return mon.run_id
+    return train(store, "cli", steps=25, nan_at=nan_at)
 
 
 def test_a_healthy_run_exits_0(store, capsys):

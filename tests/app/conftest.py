@@ -43,6 +43,15 @@ def chromium_path() -> str:
     return path
 
 
+def open_page(browser, url: str, height: int = 4200, timeout_ms: int = 60_000):
+    """A new Chromium page at ``url``, once the app has rendered and stopped running its script."""
+    page = browser.new_page(viewport={"width": 1400, "height": height})
+    page.goto(url)
+    page.wait_for_selector("[data-testid='stApp']", timeout=timeout_ms)
+    page.wait_for_function("() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=timeout_ms)
+    return page
+
+
 def start_app(store: Path, extra_env: dict[str, str] | None = None):
     port = _free_port()
     env = {**os.environ, "GFD_STORE": str(store), "PYTHONPATH": str(ROOT), **(extra_env or {})}

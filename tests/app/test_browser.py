@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.recorded import make_store
-from .conftest import start_app
+from .conftest import open_page, start_app
 
 pytestmark = pytest.mark.browser
 
@@ -27,14 +27,6 @@ def server(tmp_path_factory):
     yield url, runs
     proc.kill()
     proc.wait()
-
-
-def open_page(browser, url: str):
-    page = browser.new_page(viewport={"width": 1400, "height": 4200})
-    page.goto(url)
-    page.wait_for_selector("[data-testid='stApp']", timeout=60_000)
-    page.wait_for_function("() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=60_000)
-    return page
 
 
 @pytest.mark.parametrize("path", list(PAGES), ids=[p or "runs" for p in PAGES])

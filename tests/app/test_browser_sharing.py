@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from . import conftest
 from .conftest import ROOT, _free_port
 
 pytestmark = pytest.mark.browser
@@ -85,11 +86,7 @@ def served(tmp_path):
 
 
 def open_page(browser, url: str):
-    page = browser.new_page(viewport={"width": 1300, "height": 1600})
-    page.goto(url)
-    page.wait_for_selector("[data-testid='stApp']", timeout=120_000)
-    page.wait_for_function("() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=120_000)
-    return page
+    return conftest.open_page(browser, url, height=1600, timeout_ms=120_000)
 
 
 def test_the_token_is_printed_at_start_up_and_required_before_any_page(served, chromium, artifacts):
