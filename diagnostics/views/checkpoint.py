@@ -79,10 +79,10 @@ def probe_checkpoints(loaded: Sequence[tuple[Checkpoint, Recognition]], store: R
     ``progress(done, total, name)`` is called before each probe and once at the end.
     """
     runs = ProbeRuns()
-    todo = [(ckpt, rec) for ckpt, rec in loaded if rec.built is not None]
-    for i, (ckpt, rec) in enumerate(todo):
+    buildable = [(ckpt, rec) for ckpt, rec in loaded if rec.built is not None]
+    for i, (ckpt, rec) in enumerate(buildable):
         if progress:
-            progress(i, len(todo), ckpt.source)
+            progress(i, len(buildable), ckpt.source)
         built = rec.built
         fixed = built.config or built.fixed_size or len(built.input_shape) != 3
         shape = built.input_shape if fixed else (built.input_shape[0], settings.image_size, settings.image_size)
@@ -102,7 +102,7 @@ def probe_checkpoints(loaded: Sequence[tuple[Checkpoint, Recognition]], store: R
         except DiagnosticsError as exc:
             runs.errors[ckpt.source] = exc
     if progress:
-        progress(len(todo), len(todo), "")
+        progress(len(buildable), len(buildable), "")
     return runs
 
 
