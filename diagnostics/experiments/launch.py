@@ -52,16 +52,8 @@ def _ddp_worker(rank: int, world: int, port: int, job: Job, events: Any) -> None
         dist.destroy_process_group()
 
 
-class _Relay:
-    """A worker's progress callback: sends each report to the parent, and stops the worker once asked to."""
-
-    def __init__(self, events: Any, stop: Any) -> None:
-        self.events, self.stop = events, stop
-
-    def __call__(self, update: Any) -> None:
-        if self.stop.is_set():
-            raise ComputeLimitError("the comparison was cancelled")
-        self.events.put(("progress", update))
+#: The error message of a cancelled comparison.
+CANCELLED = "the comparison was cancelled"
 
 
 def _variant_worker(rank: int, workers: int, job: Job, taken: Any, stop: Any, events: Any) -> None:
@@ -77,7 +69,8 @@ def _variant_worker(rank: int, workers: int, job: Job, taken: Any, stop: Any, ev
             taken.value += 1
         if index >= len(variants):
             break
-        runs.update(run_job(job, local_rank=rank, only=[variants[index]], progress=_Relay(events, stop)))
+        report = _stoppable(lambda p: events.put(("progress", p)), stop)
+        runs.update(run_job(job, local_rank=rank, only=[variants[index]], progress=report))
     events.put(("result", runs))
 
 
@@ -147,14 +140,14 @@ def _spawn(target: Callable[..., None], args: tuple, nprocs: int, progress: Prog
             if stop is not None and stop.is_set():
                 if shared_stop is None:
                     _end(context.processes)
-                    raise ComputeLimitError("the comparison was cancelled")
+                    raise ComputeLimitError(CANCELLED)
                 shared_stop.set()
             if context.join(timeout=0.1):
                 break
         drain(float("inf"))                           # every report and result the processes left
     except mp.ProcessRaisedException as exc:
         if shared_stop is not None and shared_stop.is_set():
-            raise ComputeLimitError("the comparison was cancelled") from None
+            raise ComputeLimitError(CANCELLED) from None
         raise DistributedTrainingError(f"a training process failed:\n{exc}") from None
     except mp.ProcessExitedException as exc:
         raise DistributedTrainingError(f"a training process died ({exc})") from None
@@ -191,14 +184,15 @@ def execute(job: Job, nproc: int, workers: int | str, progress: ProgressCallback
     return run_job(job, progress=_stoppable(progress, stop))
 
 
-def _stoppable(progress: ProgressCallback | None, stop: threading.Event | None) -> ProgressCallback | None:
-    """``progress`` that raises once ``stop`` is set (training in this process stops at its next step)."""
+def _stoppable(progress: ProgressCallback | None, stop: Any) -> ProgressCallback | None:
+    """``progress`` that raises once ``stop`` (a thread's or a process-shared event) is set: the training that
+    reports to it stops at its next step."""
     if stop is None:
         return progress
 
     def report(update: Any) -> None:
         if stop.is_set():
-            raise ComputeLimitError("the comparison was cancelled")
+            raise ComputeLimitError(CANCELLED)
         if progress is not None:
             progress(update)
     return report
