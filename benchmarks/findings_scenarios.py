@@ -9,7 +9,9 @@ written after those changes; its first measurement led to two more. ``HELD_OUT_3
 measured once with the rules as committed. ``HELD_OUT_4`` was written together with the manipulation checks
 (:class:`Probe` here, the criteria in ``findings.py``), before any of its runs was trained, and run once.
 ``HELD_OUT_5`` (seeds 10 and 11) was written with version 2 of the checks (the probe also records each step's
-relative weight movement), committed before any of its runs was trained, and run once.
+relative weight movement), committed before any of its runs was trained, and run once. ``HELD_OUT_6`` (seeds 12
+and 13) was written with version 3 of the checks (the probe also records which dead units were active early on),
+committed before any of its runs was trained, and run once.
 """
 
 from __future__ import annotations
@@ -242,19 +244,25 @@ whose loss or weights were not finite). :meth:`summary` is what is stored (JSON)
         self.step_moved.append(float(statistics.median(ratios)) if finite and ratios else math.nan)
         self.before = after
 
-    def summary(self, window: int = 50) -> dict:
-        """Per-step series, per-layer never-active units over the last ``window`` steps whose loss was finite,
-        per trained layer ‖W_last_finite − W_0‖/‖W_0‖, and the by-construction facts."""
+    def summary(self, window: int = 50, start_window: int = 10) -> dict:
+        """Per-step series, per-layer never-active units over the last ``window`` steps whose loss was finite
+        (and, version 3, how many of them were active on some sample of the first ``start_window`` finite
+        steps: killed by training rather than dead from initialisation), per trained layer
+        ‖W_last_finite − W_0‖/‖W_0‖, and the by-construction facts."""
         for h in self.hooks:
             h.remove()
-        finite = [i for i, v in enumerate(self.loss) if math.isfinite(v)][-window:]
+        finite = [i for i, v in enumerate(self.loss) if math.isfinite(v)]
         units = {}
         for name in (self.activity[0] if self.activity else {}):
-            seen = [self.activity[i][name] for i in finite if name in self.activity[i]]
+            seen = [self.activity[i][name] for i in finite[-window:] if name in self.activity[i]]
+            start = [self.activity[i][name] for i in finite[:start_window] if name in self.activity[i]]
             if seen:
                 active = torch.stack([a for a, _ in seen]).any(dim=0)
                 units[name] = {"units": int(active.numel()), "dead": int((~active).sum()), "steps": len(seen),
                                "nan": any(n for _, n in seen)}
+                if start:     # version 3: units active early on that training killed (not dead from the start)
+                    early = torch.stack([a for a, _ in start]).any(dim=0)
+                    units[name]["killed"] = int((early & ~active).sum())
         now = {name: w.detach() for name, w in self.layers}
         moved = {name: float((self.last_finite[name] - self.w0[name]).norm() / self.w0[name].norm().clamp_min(1e-12))
                  for name in self.trained}
@@ -503,4 +511,39 @@ HELD_OUT_5: tuple[Scenario, ...] = tuple(
            optimizer="adam", lr=0.35),
         _s("zero_grad before step plain sgd d4", lambda: mlp(4, 56), "not_updated", optimizer="plain-sgd",
            lr=0.05, zero_grad_bug=True),
+    ))
+
+# Written with version 3 of the manipulation checks (findings.py), committed before any of its runs was trained;
+# run once. Widths, depths, learning rates and seeds (12, 13) used in no earlier set.
+HELD_OUT_6: tuple[Scenario, ...] = tuple(
+    replace(s, seeds=(12, 13)) for s in (
+        _s("healthy cnn bn w24 d4", lambda: cnn(24, depth=4), lr=0.05),
+        _s("healthy mlp adam w144", lambda: mlp(3, 144), optimizer="adam", lr=1.2e-3),
+        _s("healthy mlp sgd d4 w112", lambda: mlp(4, 112), lr=0.03),
+        _s("healthy transformer d36", lambda: RowTransformer(36, 4), optimizer="adam", lr=8e-4),
+        _s("healthy cnn no bn w14", lambda: cnn(14, bn=False), lr=0.05),
+        _s("frozen penultimate layer d4 w96", lambda: mlp(4, 96), freeze=(3,)),
+        _s("not in optimizer first layer w112", lambda: mlp(3, 112), leave_out=(0,)),
+        _s("vanishing sigmoid d10 w96", lambda: mlp(10, 96, "sigmoid"), "vanishing", "update_small", lr=0.15),
+        _s("vanishing tanh d26 w72", lambda: mlp(26, 72, "tanh", gain=0.5), "vanishing", "update_small", lr=0.04),
+        _s("vanishing relu d36 w64", lambda: mlp(36, 64, "relu"), "vanishing", "update_small dead_units", lr=0.05),
+        _s("exploding lr 2.8 w96", lambda: mlp(3, 96), "exploding", _DIVERGED, lr=2.8),
+        _s("exploding init d10 w72", lambda: mlp(10, 72, "relu", gain=3.0, init="he"), "exploding", _DIVERGED,
+           lr=0.008),
+        _s("exploding chaotic tanh d21 w96", lambda: mlp(21, 96, "tanh", gain=4.4), "exploding",
+           _DIVERGED + " vanishing", optimizer="adam", lr=1.3e-4),
+        _s("exploding rnn r2.05 w48", lambda: PixelRNN(48, 2.05), "exploding", _DIVERGED, lr=0.008),
+        _s("dead half mlp w144 third", lambda: mlp(3, 144, dead_half=2), "dead_units", lr=0.04),
+        _s("dead half cnn w18 sgd", lambda: cnn(18, bn=False, dead_half=True), "dead_units", lr=0.03),
+        _s("nan input mlp w96", lambda: mlp(3, 96), "nonfinite", "", nan_at=100),
+        _s("log of zero t55 d4", lambda: mlp(4, 72), "nonfinite", "", log_softmax_temperature=55.0, lr=0.07),
+        _s("tiny lr adam d4 w72", lambda: mlp(4, 72), "update_small", "vanishing", optimizer="adam", lr=2e-6),
+        _s("tiny lr plain sgd w144", lambda: mlp(3, 144), "update_small", "vanishing", optimizer="plain-sgd",
+           lr=1.5e-5),
+        _s("huge lr adam w144", lambda: mlp(2, 144), "update_large", "dead_units exploding nonfinite",
+           optimizer="adam", lr=0.3),
+        _s("huge lr adam d4 w64", lambda: mlp(4, 64), "update_large", "dead_units exploding nonfinite",
+           optimizer="adam", lr=0.2),
+        _s("zero_grad before step adam w72", lambda: mlp(3, 72), "not_updated", optimizer="adam", lr=1e-3,
+           zero_grad_bug=True),
     ))

@@ -82,6 +82,7 @@ def test_the_harness_trains_labels_and_judges_short_runs(bench, tmp_path, pytorc
     assert probe["input_nonfinite"] == [8] and probe["grad_nonfinite"][0] == 8 and len(probe["loss"]) == 20
     dead = bench.json.loads(bench.probe_path(store, runs[("dead half mlp", 0)]).read_text())["units"]
     assert dead["4"]["dead"] >= 32 and dead["4"]["units"] == 64                        # the second hidden ReLU
+    assert 0 <= dead["4"]["killed"] <= dead["4"]["dead"] - 32       # the caused half is dead from the start
     steps = probe["step_moved"]                                  # per step: the median layer's |dW|/|W|
     assert len(steps) == 20 and all(0 < v < 0.09 for v in steps[:8]) and all(v != v for v in steps[8:])
     lost = bench.json.loads(bench.probe_path(store, runs[("zero_grad before step", 0)]).read_text())
@@ -113,7 +114,8 @@ def test_the_criteria_on_probe_summaries(bench):
             "input_nonfinite": [], "grad_nonfinite": [], "units": {"1": {"units": 8, "dead": 1, "steps": 30}},
             "moved": {"0": 0.3, "1": 0.3}, "step_moved": [5e-3] * steps, "trained_unchanged": False,
             "untouched_unchanged": None}
-    assert bench.CRITERIA_VERSION == 2 and set(bench.CRITERIA) == set(bench.KINDS) == set(bench.CRITERIA_V1)
+    assert bench.CRITERIA_VERSION == 3
+    assert set(bench.CRITERIA) == set(bench.KINDS) == set(bench.CRITERIA_V1) == set(bench.CRITERIA_V2)
     assert not any(bench.realised(base).values())
     spike = {**base, "norm": [1.0] * 10 + [500.0] + [1.0] * 19}
     assert bench.realised(spike)["exploding"]
@@ -138,6 +140,13 @@ def test_the_criteria_on_probe_summaries(bench):
     assert bench.realised({**tiny, "in_norm": [1e-6] * steps})["update_small"] is False      # the gradient vanished
     assert bench.realised({**tiny, "in_norm": [1e3] * steps})["update_small"] is False       # (a) chaotic init
     assert bench.realised({**tiny, "units": {"1": {"units": 8, "dead": 6, "steps": 30}}})["update_small"] is False
+    # version 3: units training killed (active early, dead at the end) break the gradient; units dead from
+    # initialisation do not (a tiny learning rate cannot revive them)
+    killed = {"1": {"units": 10, "dead": 5, "steps": 30, "killed": 3}}
+    assert bench.realised({**tiny, "units": killed})["update_small"] is False
+    from_init = {"1": {"units": 10, "dead": 5, "steps": 30, "killed": 1}}
+    assert bench.realised({**tiny, "units": from_init})["update_small"] is True
+    assert bench.realised({**tiny, "units": from_init})["dead_units"] is True
     assert bench.realised({**tiny, "step_moved": [3e-4] * steps})["update_small"] == "borderline"
     assert bench.realised({**tiny, "step_moved": [0.0] * steps})["update_small"] is False    # not_updated, not small
     assert bench.realised({**tiny, "step_moved": [1e-6] * 5 + [nan] * 25})["update_small"] is None  # < 10 finite
