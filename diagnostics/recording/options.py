@@ -32,7 +32,7 @@ class MonitorOptions:
     kernels: tuple[str, ...] | str | None = None    # conv layers to snapshot: names, "auto" or None
     kernel_every: int = 50                          # snapshot every this many steps
     kernel_max_mb: float = 256.0                    # budget of all snapshots of the run
-    flush_every: int = 10                           # write the store every this many recorded steps
+    flush_every: int | None = None                  # write the store every this many recorded steps (None: 1 s)
     activations: bool = True                        # forward hooks: activation and output-gradient statistics
     weight_norms: bool = True                       # ‖W‖ of every row (one more read of the weights)
     distributed: bool = False                       # combine activation statistics across ranks
@@ -57,7 +57,7 @@ def make_options(*, every: Any = 1, first_step: Any = 0, layers: Sequence[str] |
                  layer_types: type[nn.Module] | Sequence[type[nn.Module]] | None = None,
                  histogram_every: Any = 0, on_nonfinite: str = "warn",
                  kernels: Sequence[str] | str | None = None, kernel_every: Any = 50,
-                 kernel_max_mb: Any = 256.0, flush_every: Any = 10, activations: bool = True,
+                 kernel_max_mb: Any = 256.0, flush_every: Any = None, activations: bool = True,
                  weight_norms: bool = True, distributed: Any = False, fused: bool = True,
                  eager_every: Any = 10, blocks: Any = None, unit_activity: bool = False, unit_window: Any = 20,
                  meta: Mapping[str, Any] | None = None) -> MonitorOptions:
@@ -91,7 +91,7 @@ def make_options(*, every: Any = 1, first_step: Any = 0, layers: Sequence[str] |
         layer_types=None if layer_types is None else tuple(layer_types),
         histogram_every=histogram_every, on_nonfinite=on_nonfinite, kernels=kernels,
         kernel_every=_count("kernel_every", kernel_every, 1), kernel_max_mb=float(kernel_max_mb),
-        flush_every=_count("flush_every", flush_every, 1), activations=bool(activations),
+        flush_every=None if flush_every is None else _count("flush_every", flush_every, 1), activations=bool(activations),
         weight_norms=bool(weight_norms), distributed=distributed is not False, fused=bool(fused),
         eager_every=_count("eager_every", eager_every, 1), blocks=blocks, unit_activity=bool(unit_activity),
         unit_window=_count("unit_window", unit_window, 1), meta=dict(meta or {}),

@@ -57,17 +57,21 @@ class ColumnBuffer:
 class RunWriter:
     """Appends the tables of one run in atomic Parquet chunks; owned by the recording process.
 
-    Use :meth:`RunStore.create_run` to make one. Rows are buffered and written every ``flush_every`` calls
-    of :meth:`maybe_flush` or after ``flush_seconds``, whichever comes first, and at :meth:`close`.
+    Use :meth:`RunStore.create_run` to make one. Rows are buffered and written every ``flush_every`` recorded
+    steps (:meth:`end_step`), after ``flush_seconds``, or once ``max_rows`` rows wait, whichever comes first,
+    and at :meth:`close`. ``flush_every=None`` writes by time and size only: a training loop of fast steps then
+    writes a few chunks a second rather than one every few milliseconds (each flush writes one Parquet file per
+    table and the metadata).
     """
 
-    def __init__(self, run_dir: Path, meta: dict[str, Any], *, flush_every: int = 10,
-                 flush_seconds: float = 2.0) -> None:
+    def __init__(self, run_dir: Path, meta: dict[str, Any], *, flush_every: int | None = 10,
+                 flush_seconds: float = 2.0, max_rows: int = 20_000) -> None:
         self.run_dir = run_dir
         self.run_id = run_dir.name
         self.meta = meta
-        self.flush_every = max(1, int(flush_every))
+        self.flush_every = None if flush_every is None else max(1, int(flush_every))
         self.flush_seconds = float(flush_seconds)
+        self.max_rows = max(1, int(max_rows))
         self._buffers: dict[str, ColumnBuffer] = {t: ColumnBuffer() for t in TABLES}
         self._seq: dict[str, int] = {t: 0 for t in TABLES}
         self._pending_steps = 0
@@ -88,11 +92,12 @@ class RunWriter:
         self._buffers[table].extend(columns)
 
     def end_step(self) -> None:
-        """Count one recorded step and flush when the step or time budget is reached."""
+        """Count one recorded step and flush when the step, time or size budget is reached."""
         self._pending_steps += 1
         self.meta["steps"] = int(self.meta.get("steps", 0)) + 1
-        if (self._pending_steps >= self.flush_every
-                or time.monotonic() - self._last_flush >= self.flush_seconds):
+        if ((self.flush_every is not None and self._pending_steps >= self.flush_every)
+                or time.monotonic() - self._last_flush >= self.flush_seconds
+                or max(len(b) for b in self._buffers.values()) >= self.max_rows):
             self.flush()
 
     def flush(self) -> None:
