@@ -19,7 +19,7 @@ from .layers import LayerTable, rank_rows
 from .options import MonitorOptions
 from .reductions import ParamSums, queue_parameters
 from .rows import (Columns, GradSums, LayerRecord, ParamRecord, block_records, pool_activations, pool_output_grads,
-                   pooled, queue_blocks, summed_histograms)
+                   pooled_names, queue_blocks, summed_histograms)
 from .snapshots import KernelSnapshots
 from .units import UnitActivity, pooled_masks
 
@@ -87,9 +87,22 @@ class StepRecorder:
         self.ran: set[str] = set()                    # leaves seen running in any recorded step
         self.scratch = scratch
         self._segments: dict[tuple[tuple[int, ...], torch.device], torch.Tensor] = {}
+        self._rows: dict[str, tuple[str, tuple[str, ...], tuple[str, ...], str]] = {}
         self.units = UnitActivity(options.unit_window)
         self.snapshots = None if options.kernels is None else KernelSnapshots(
             options.kernels, options.kernel_every, options.kernel_max_mb, self.conv_weight)
+
+    def _row_info(self, name: str) -> tuple[str, tuple[str, ...], tuple[str, ...], str]:
+        """A row's label, the names of its weight-group and bias-group parameters, and the owner it shares with
+        (fixed for the monitor's life: kept after the first step)."""
+        info = self._rows.get(name)
+        if info is None:
+            row = self.table.rows[name]
+            info = self._rows[name] = (
+                self.table.label(name), tuple(p.name for p in row.params if p.group == "weight"),
+                tuple(p.name for p in row.params if p.group == "bias"),
+                self.table.label(row.shared_with) if row.shared else "")
+        return info
 
     def conv_weight(self, label: str) -> torch.nn.Parameter | None:
         row = self.table.rows.get("" if label == self.table.root_type else label)
@@ -160,11 +173,10 @@ class StepRecorder:
             if sums is None:
                 continue
             inside = None if in_optimizer is None else id(param.tensor) in in_optimizer
-            params.append(ParamRecord(
-                step=step, param=param.name, layer=table.label(param.row), shape="x".join(map(str, param.tensor.shape)),
-                numel=sums.numel, grad_norm=sums.norm(), grad_mean_abs=sums.mean_abs(), grad_max_abs=sums.max(),
-                norm=norms.get(param.name, math.nan), update_ratio=math.nan, nonfinite=sums.nonfinite,
-                in_optimizer=inside))
+            # ParamRecord's fields, in order
+            params.add(step, param.name, table.label(param.row), "x".join(map(str, param.tensor.shape)),
+                       sums.numel, sums.norm(), sums.mean_abs(), sums.max(), norms.get(param.name, math.nan),
+                       math.nan, sums.nonfinite, inside)
 
         rank_rows(table, names, first, self.depth)
         self.ran.update(calls)
@@ -174,17 +186,15 @@ class StepRecorder:
                             default=(None, None))[1]
         first_backward = min(((c.seq, n) for n, items in grad_off.items() for c, _, o in items if host[o] > 0),
                              default=(None, None))[1]
+        host_list = host.tolist()                       # Python floats: cheaper to index one by one
         for name in sorted(names, key=self.depth.__getitem__):
             row = table.rows[name]
-            label = table.label(name)
-            weights = [p for p in row.params if p.group == "weight"]
-            w = pooled(grad_sums[p.name] for p in weights if p.name in grad_sums)
-            b = pooled(grad_sums[p.name] for p in row.params if p.group == "bias" and p.name in grad_sums)
-            w_sq = [norms.get(p.name, math.nan) ** 2 for p in weights]
-            groups[label] = [p.name for p in weights]
-            a = pool_activations(act_off.get(name, []), host) if name in act_off else {
-                "act_mean": math.nan, "act_std": math.nan, "act_zero_frac": math.nan, "act_nonfinite": 0}
-            g = pool_output_grads(grad_off.get(name, []), host, scale)
+            label, weights, biases, shared = self._row_info(name)
+            w = pooled_names(grad_sums, weights)
+            b = pooled_names(grad_sums, biases)
+            groups[label] = list(weights)
+            a_mean, a_std, a_zero, a_bad = pool_activations(act_off.get(name, ()), host_list)
+            g_norm, g_mean, g_max, g_bad = pool_output_grads(grad_off.get(name, ()), host_list, scale)
             units, dead = (0, math.nan)
             if name in unit_off:
                 o, k = unit_off[name]
@@ -193,18 +203,12 @@ class StepRecorder:
             inside = None
             if in_optimizer is not None and row.params:
                 inside = any(id(p.tensor) in in_optimizer for p in row.params)
-            layers.append(LayerRecord(
-                step=step, layer=label, type=row.type, kind="leaf" if row.leaf and name in self.ran else "owner",
-                depth=self.depth[name], calls=int(calls.get(name, 0)),
-                weight_grad_norm=w.norm(), weight_grad_mean_abs=w.mean_abs(), weight_grad_max_abs=w.max(),
-                bias_grad_norm=b.norm(),
-                weight_norm=stats.l2_norm(sum(w_sq)) if weights else math.nan, update_ratio=math.nan,
-                act_grad_norm=g["act_grad_norm"], act_grad_mean_abs=g["act_grad_mean_abs"],
-                act_grad_max_abs=g["act_grad_max_abs"], act_mean=a["act_mean"], act_std=a["act_std"],
-                act_zero_frac=a["act_zero_frac"], units=units, dead_units=dead,
-                nonfinite=a["act_nonfinite"] + g["act_grad_nonfinite"] + wnf, act_nonfinite=a["act_nonfinite"],
-                act_grad_nonfinite=g["act_grad_nonfinite"], weight_grad_nonfinite=wnf,
-                shared_with=table.label(row.shared_with) if row.shared else "", in_optimizer=inside))
+            weight_norm = stats.l2_norm(sum(norms.get(n, math.nan) ** 2 for n in weights)) if weights else math.nan
+            # LayerRecord's fields, in order
+            layers.add(step, label, row.type, "leaf" if row.leaf and name in self.ran else "owner", self.depth[name],
+                       int(calls.get(name, 0)), w.norm(), w.mean_abs(), w.max(), b.norm(), weight_norm, math.nan,
+                       g_norm, g_mean, g_max, a_mean, a_std, a_zero, units, dead, a_bad + g_bad + wnf, a_bad, g_bad,
+                       wnf, shared, inside)
         if first_backward is None:
             bad = [(self.depth[p.row], p.row) for p in table.params
                    if p.name in grad_sums and grad_sums[p.name].nonfinite and p.row in self.depth]

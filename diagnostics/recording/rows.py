@@ -8,8 +8,7 @@ over the row's own parameters as one vector: ``weight_*`` over those whose name 
 from __future__ import annotations
 
 import math
-from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -103,28 +102,45 @@ def count(value: float) -> int:
     return int(value) if math.isfinite(value) else 0
 
 
-def pool_activations(calls: Sequence[tuple[Call, int, int]], host: np.ndarray) -> dict[str, float]:
-    """act_mean/std/zero_frac/nonfinite of all calls of a layer (offsets of [Σx, Σx², #nonzero] and NaN count)."""
-    n = sum(c.numel for c, _, _ in calls)
-    total = sum(host[o] for _, o, _ in calls)
-    sumsq = sum(host[o + 1] for _, o, _ in calls)
-    nonzero = sum(host[o + 2] for _, o, _ in calls)
-    return {"act_mean": stats.mean(total, n), "act_std": stats.std(total, sumsq, n),
-            "act_zero_frac": stats.fraction(n - nonzero, n) if calls else math.nan,
-            "act_nonfinite": count(sum(host[o] for _, _, o in calls))}
+#: (act_mean, act_std, act_zero_frac, act_nonfinite) of a layer without activation calls.
+NO_ACTIVATIONS = (math.nan, math.nan, math.nan, 0)
+#: (act_grad_norm, act_grad_mean_abs, act_grad_max_abs, act_grad_nonfinite) of a layer without output gradients.
+NO_OUTPUT_GRADS = (math.nan, math.nan, math.nan, 0)
 
 
-def pool_output_grads(calls: Sequence[tuple[Call, int, int]], host: np.ndarray, scale: float) -> dict[str, float]:
-    """act_grad_norm/mean_abs/max_abs/nonfinite of all output gradients of a layer, unscaled by ``scale``."""
+def pool_activations(calls: Sequence[tuple[Call, int, int]], host: Sequence[float]) -> tuple[float, float, float, int]:
+    """(act_mean, act_std, act_zero_frac, act_nonfinite) of all calls of a layer (offsets of [Σx, Σx², #nonzero]
+    and of the NaN count)."""
     if not calls:
-        return {"act_grad_norm": math.nan, "act_grad_mean_abs": math.nan,
-                "act_grad_max_abs": math.nan, "act_grad_nonfinite": 0}
-    n = sum(c.numel for c, _, _ in calls)
-    sum_abs = sum(host[o] for _, o, _ in calls) / scale
-    sumsq = sum(host[o + 1] for _, o, _ in calls) / (scale * scale)
-    max_abs = max(host[o + 2] for _, o, _ in calls) / scale
-    return {"act_grad_norm": stats.l2_norm(sumsq), "act_grad_mean_abs": stats.mean(sum_abs, n),
-            "act_grad_max_abs": max_abs, "act_grad_nonfinite": count(sum(host[o] for _, _, o in calls))}
+        return NO_ACTIVATIONS
+    if len(calls) == 1:                               # the common case, without the generator sums
+        c, o, nf = calls[0]
+        n, total, sumsq, nonzero, bad = c.numel, host[o], host[o + 1], host[o + 2], host[nf]
+    else:
+        n = sum(c.numel for c, _, _ in calls)
+        total = sum(host[o] for _, o, _ in calls)
+        sumsq = sum(host[o + 1] for _, o, _ in calls)
+        nonzero = sum(host[o + 2] for _, o, _ in calls)
+        bad = sum(host[o] for _, _, o in calls)
+    return stats.mean(total, n), stats.std(total, sumsq, n), stats.fraction(n - nonzero, n), count(bad)
+
+
+def pool_output_grads(calls: Sequence[tuple[Call, int, int]], host: Sequence[float],
+                      scale: float) -> tuple[float, float, float, int]:
+    """(act_grad_norm, act_grad_mean_abs, act_grad_max_abs, act_grad_nonfinite) of all output gradients of a
+    layer, unscaled by ``scale``."""
+    if not calls:
+        return NO_OUTPUT_GRADS
+    if len(calls) == 1:
+        c, o, nf = calls[0]
+        n, sum_abs, sumsq, max_abs, bad = c.numel, host[o], host[o + 1], host[o + 2], host[nf]
+    else:
+        n = sum(c.numel for c, _, _ in calls)
+        sum_abs = sum(host[o] for _, o, _ in calls)
+        sumsq = sum(host[o + 1] for _, o, _ in calls)
+        max_abs = max(host[o + 2] for _, o, _ in calls)
+        bad = sum(host[o] for _, _, o in calls)
+    return (stats.l2_norm(sumsq / (scale * scale)), stats.mean(sum_abs / scale, n), max_abs / scale, count(bad))
 
 
 def pooled(items: Iterable[GradSums]) -> GradSums:
@@ -135,25 +151,58 @@ def pooled(items: Iterable[GradSums]) -> GradSums:
     return total
 
 
+#: The sums of no gradient (read only).
+NO_GRAD = GradSums()
+
+
+def pooled_names(sums: Mapping[str, GradSums], names: Sequence[str]) -> GradSums:
+    """:func:`pooled` of the named gradients that have sums (the one itself when there is one: read only)."""
+    if len(names) == 1:
+        return sums.get(names[0], NO_GRAD)
+    return pooled(sums[n] for n in names if n in sums)
+
+
 def summed_histograms(offsets: Sequence[int], host: np.ndarray, n_bins: int) -> np.ndarray:
     """The element-wise sum of histograms (bins, zeros, non-finite) at ``offsets``."""
     return np.sum([host[o:o + n_bins + 2] for o in offsets], axis=0)
 
 
+_FIELDS: dict[type, tuple[str, ...]] = {}
+
+
 class Columns:
-    """Records of one type collected as columns ({name: values}), ready for the store."""
+    """Records of one type collected as rows and read as columns (``data``: {name: values}), ready for the store.
+
+    Rows are added as records (:meth:`append`) or as value tuples in field order (:meth:`add`, the hot path);
+    ``data`` is built once, on first read, and may then be edited (update ratios are filled in later).
+    """
 
     def __init__(self, record_type: type) -> None:
-        self.names = [f.name for f in fields(record_type)]
-        self.data: dict[str, list[Any]] = defaultdict(list)
+        names = _FIELDS.get(record_type)
+        if names is None:
+            names = _FIELDS[record_type] = tuple(f.name for f in fields(record_type))
+        self.names = names
+        self._rows: list[tuple[Any, ...]] = []
+        self._data: dict[str, list[Any]] | None = None
 
     def append(self, record: Any) -> None:
         values = record.__dict__
-        for name in self.names:
-            self.data[name].append(values[name])
+        self.add(*(values[name] for name in self.names))
+
+    def add(self, *values: Any) -> None:
+        """One row, its values in the record type's field order."""
+        if self._data is not None:
+            raise RuntimeError("rows added after the columns were read")
+        self._rows.append(values)
+
+    @property
+    def data(self) -> dict[str, list[Any]]:
+        if self._data is None:
+            self._data = {n: list(col) for n, col in zip(self.names, zip(*self._rows))} if self._rows else {}
+        return self._data
 
     def __len__(self) -> int:
-        return len(self.data[self.names[0]]) if self.data else 0
+        return len(self._rows)
 
 
 @dataclass
