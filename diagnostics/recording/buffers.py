@@ -31,6 +31,7 @@ class Call:
     nonfinite: torch.Tensor | int | None
     seq: int                           # order of the call within the step's forward or backward pass
     units: torch.Tensor | None = None  # (units,) bool: which units were active (``unit_activity=True``)
+    row: int = -1                      # the fused kernels' arena row of ``sums`` (-1: not from the arena)
 
 
 @dataclass
@@ -140,7 +141,7 @@ class StepBuffer:
             return None
         self.used = k + 1
         (self.kernels.grad_sums if kind else self.kernels.act_sums)(x, self.arena, k)   # row k = [4 float64]
-        return Call(x.numel(), self.rows[k], None, seq)
+        return Call(x.numel(), self.rows[k], None, seq, None, k)
 
 
 class Transfer:

@@ -59,9 +59,15 @@ class HistRecord:
     log10_scale: float
 
 
-def _queue_calls(transfer: Transfer, calls: Mapping[str, list[Call]]) -> dict[str, list[tuple[Call, int, int]]]:
+def _queue_calls(transfer: Transfer, calls: Mapping[str, list[Call]],
+                 arena: int) -> dict[str, list[tuple[Call, int, int]]]:
+    """Offsets of each call's sums and NaN/Inf count; a fused call's are in its arena row, queued once for all
+    (at offset ``arena``)."""
     def queue(c: Call) -> tuple[Call, int, int]:
-        if c.nonfinite is None:                           # a host row of the fused kernels: 4 numbers
+        if c.row >= 0:                                    # a row of the fused kernels' arena: 4 numbers
+            offset = arena + 4 * c.row
+            return c, offset, offset + 3
+        if c.nonfinite is None:                           # a host row of the fused kernels outside the arena
             offset = transfer.add(c.sums)
             return c, offset, offset + 3
         return c, transfer.add(c.sums), transfer.add(c.nonfinite)
@@ -131,8 +137,9 @@ class StepRecorder:
         acts, calls, first = buf.committed()
         grads = buf.grads
         transfer = Transfer()
-        act_off = _queue_calls(transfer, acts)
-        grad_off = _queue_calls(transfer, grads)
+        arena = transfer.add(buf.rows[:buf.used]) if buf.rows is not None and buf.used else -1
+        act_off = _queue_calls(transfer, acts, arena)
+        grad_off = _queue_calls(transfer, grads, arena)
         hist_off = {n: transfer.add(h) for n, h in buf.act_grad_hist.items()}
         masks = {n: pooled_masks(items) for n, items in acts.items()} if opts.unit_activity else {}
         unit_off = {n: (transfer.add(m), m.numel()) for n, m in masks.items() if m is not None}

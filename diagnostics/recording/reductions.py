@@ -47,6 +47,9 @@ def local(t: torch.Tensor) -> torch.Tensor:
     return to_local() if to_local is not None and type(t).__name__ == "DTensor" else t
 
 
+_PLAIN_TYPES = (torch.Tensor, torch.nn.Parameter)
+
+
 def _plain(t: torch.Tensor) -> bool:
     return (type(t) is torch.Tensor or type(t) is torch.nn.Parameter) and t.device.type != "meta"
 
@@ -76,9 +79,15 @@ def queue_parameters(params: Iterable[Param], transfer: Transfer, *, fused: bool
     batched: dict[torch.dtype, list[tuple[str, torch.Tensor, torch.Tensor, int, bool]]] = defaultdict(list)
     with torch.no_grad():
         for param in params:
-            p, name, numel, sharded = local(param.tensor.detach()), param.name, param.tensor.numel(), \
-                is_sharded(param.tensor)
-            g = param.tensor.grad
+            t = param.tensor
+            g = t.grad
+            if fused and g is not None and type(g) is torch.Tensor and type(t) in _PLAIN_TYPES \
+                    and native.eligible_pair(g, t):        # the common case first: a plain CPU gradient
+                if histograms and param.group == "weight":
+                    hist[param.row].append(transfer.add(stats.log10_histogram(g)))
+                batched[g.dtype].append((param.name, g, t, t.numel(), False))
+                continue
+            p, name, numel, sharded = local(t.detach()), param.name, t.numel(), is_sharded(t)
             if g is None:
                 if name in weights_without_grad:
                     out[name] = ParamSums(-1, transfer.add(stats.squared_norm(p)), numel, None, sharded)
