@@ -45,6 +45,7 @@ class Pass:
     tracked: bool = False              # some output of it has a gradient hook
     got_grad: bool = False             # ... and one of them fired
     training: bool = False             # some call ran in training mode
+    index: int = -1                    # position in the step's passes
 
     def add(self, name: str, seq: int) -> None:
         self.calls[name] += 1
@@ -89,7 +90,7 @@ class StepBuffer:
         return cls(kernels=kernels, arena=arena, rows=arena.numpy())
 
     def start_pass(self, rooted: bool) -> Pass:
-        self.current = Pass(rooted=rooted)
+        self.current = Pass(rooted=rooted, index=len(self.passes))
         self.passes.append(self.current)
         return self.current
 

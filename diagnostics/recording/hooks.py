@@ -1,7 +1,9 @@
 """The hooks on the model: one owner of every handle, and what each hook writes into the step's buffer.
 
 * A forward hook on every leaf reduces the module's primary output at once and, when it requires a gradient,
-  registers ``output.register_hook`` for the output gradient (module full-backward hooks break on in-place ReLU).
+  registers a hook for the output gradient (module full-backward hooks break on in-place ReLU): with the fused
+  kernels, a C++ hook (``GradWatch`` in ``csrc/fused_sums.cpp``: no Python runs in backward; its log is drained
+  into the step's buffer by :meth:`LiveState.drain`), else ``output.register_hook``.
 * A forward pre-hook and a forward hook on the model delimit a pass and tell whether backward reached it.
 * A post-accumulate-grad hook on every trainable parameter counts backward passes (for ``step()`` misuse).
 * A forward inside backward (``torch._C._current_graph_task_id() != -1``) is a checkpoint's recomputation.
@@ -55,14 +57,43 @@ class LiveState:
     scratch: Scratch = field(default_factory=Scratch)
     kernels: Kernels | None = None      # the fused CPU kernels, when they can be used
     arena_rows: int = 256               # rows of the next buffer's arena (doubled when one overflows)
+    watch: Any = None                   # the kernels' GradWatch: output-gradient hooks in C++ (None: Python)
+    names: list[str] = field(default_factory=list)   # leaf names by the layer ids given to the watch
+    generation: int = 0                 # the watch's generation: one per buffer
 
     def histogram_step(self, step: int) -> bool:
         return self.histogram_every > 0 and step % self.histogram_every == 0
 
     def fresh_buffer(self) -> StepBuffer:
-        """Start a new step's buffer (the old one is returned to whoever closes the step)."""
+        """Start a new step's buffer (the old one is returned to whoever closes the step); the output-gradient
+        hooks of the C++ watch registered before it log nothing any more (drain first)."""
         old, self.buffer = self.buffer, StepBuffer.create(self.kernels, self.arena_rows)
+        if self.watch is not None:
+            self.generation += 1
+            self.watch.begin(self.generation)
         return old
+
+    def backward_seq(self) -> int:
+        """The next output gradient's order in this step's backward (one count with the C++ hooks)."""
+        if self.watch is not None:
+            return self.watch.next_seq()
+        self.buffer.backward_seq += 1
+        return self.buffer.backward_seq
+
+    def drain(self) -> None:
+        """Move what the C++ output-gradient hooks logged since the buffer started into it (call before reading
+        ``backwards`` or the buffer's gradients)."""
+        if self.watch is None:
+            return
+        rows, meta = self.watch.take()
+        if not len(meta):
+            return
+        buf = self.buffer
+        host = rows.numpy()
+        for i, (layer, index, seq, numel) in enumerate(meta.tolist()):
+            buf.passes[index].got_grad = True
+            buf.grads[self.names[layer]].append(Call(numel, host[i], None, seq))
+        self.backwards += len(meta)
 
 
 class Hooks:
@@ -102,7 +133,11 @@ class Hooks:
             return
         for module, name in self.table.leaf_names().items():
             if name in self.table.selected:
-                self._leaf_handles.append(module.register_forward_hook(self._forward_hook(name, own_axis(module))))
+                if name not in self.live.names:
+                    self.live.names.append(name)
+                layer = self.live.names.index(name)
+                self._leaf_handles.append(module.register_forward_hook(
+                    self._forward_hook(name, own_axis(module), layer)))
 
     def remove_leaves(self) -> None:
         """Remove the leaves' hooks (idempotent)."""
@@ -161,9 +196,10 @@ class Hooks:
                 live.backwards += 1
             out.register_hook(reached)
 
-    def _forward_hook(self, name: str, axis: int | None) -> Callable[..., None]:
+    def _forward_hook(self, name: str, axis: int | None, layer: int) -> Callable[..., None]:
         live = self.live
         activations = live.activations
+        plain = torch.Tensor
 
         def hook(module: nn.Module, inputs: Any, output: Any) -> None:
             if not (live.enabled and live.recording):
@@ -193,7 +229,11 @@ class Hooks:
             p.acts[name].append(call)
             if out.requires_grad:
                 p.tracked = True
-                out.register_hook(self._grad_hook(name, p))
+                watch = live.watch
+                if watch is not None and type(out) is plain and out.is_cpu and not live.histogram_step(live.step):
+                    watch.watch(out, layer, p.index)          # reduced in C++ in backward, drained at step()
+                else:
+                    out.register_hook(self._grad_hook(name, p))
         return hook
 
     def _recomputed(self, name: str, buf: StepBuffer, output: Any) -> None:
@@ -244,12 +284,12 @@ class Hooks:
             p.got_grad = True
             live.backwards += 1
             buf = live.buffer
-            buf.backward_seq += 1
-            call = buf.fused(grad, buf.backward_seq, 1)
+            seq = live.backward_seq()
+            call = buf.fused(grad, seq, 1)
             if call is None:
                 g = local(grad.detach())
                 sums = stats.gradient_sums(g, live.scratch.like(g))
-                call = Call(g.numel(), sums, stats.nonfinite_count(g, sums), buf.backward_seq)
+                call = Call(g.numel(), sums, stats.nonfinite_count(g, sums), seq)
             buf.grads[name].append(call)
             if live.histogram_step(live.step):
                 h = stats.log10_histogram(local(grad.detach()))

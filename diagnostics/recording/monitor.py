@@ -189,6 +189,7 @@ class GradientMonitor:
                 self._hooks.add(self.optimizer.register_step_pre_hook(self._updates.before))
                 self._hooks.add(self.optimizer.register_step_post_hook(self._updates.after))
             self._live.kernels = self._fused
+            self._live.watch = self._fused.GradWatch() if self._fused is not None else None
             self._live.fresh_buffer()
             self._open_run()
             if self.store is None and self.options.distributed and world_size(self._group) > 1 \
@@ -253,6 +254,7 @@ class GradientMonitor:
                 raise MonitorError(f"step(): the metric name {key!r} is a column the monitor writes itself; "
                                    f"rename it (reserved: {sorted(RESERVED_METRICS)})")
             check_scalar(f"metric {key!r}", value)
+        self._live.drain()                            # what the C++ output-gradient hooks logged
         updates = self._updates
         if updates is not None and updates.later_evaluation():
             self._live.fresh_buffer()                 # a later evaluation of the same optimizer step

@@ -83,6 +83,7 @@ class OptimizerSteps:
                 result = closure()
             finally:
                 self.closure_depth -= 1
+            live.drain()
             if live.enabled and self.closure_evaluations == 1 and not self.closure_recorded \
                     and live.backwards != live.backwards_at_step:
                 self._record(loss=result if isinstance(result, torch.Tensor) and result.numel() == 1 else None)

@@ -22,6 +22,9 @@
 #include <algorithm>
 #include <cfloat>
 #include <cmath>
+#include <memory>
+#include <mutex>
+#include <tuple>
 #include <vector>
 
 namespace {
@@ -261,9 +264,110 @@ at::Tensor diff_sums(const std::vector<at::Tensor> &after, const std::vector<at:
     return out;
 }
 
+// ---------------------------------------------------------------------------------------------------------
+// Output-gradient hooks registered from C++: backward runs no Python for them.
+//
+// GradWatch::watch(out, layer, pass) registers a C++ tensor hook on `out` (the same kind of tensor pre-hook
+// as Tensor.register_hook, on the same grad_fn, so an in-place op after it does not move it). When backward
+// reaches `out`, the hook reduces the gradient as grad_sums does and appends [Σ|g|, Σg², max|g|, #NaN/Inf]
+// with (layer, pass, order, numel) to a log that take() hands to Python once per step. A hook of an older
+// generation (begin() starts a new one at every step) appends nothing. A hook never throws into backward: a
+// gradient the kernels cannot read is reduced from a float64 copy, and any failure logs NaN sums.
+struct WatchLog {
+    std::mutex mu;
+    int64_t generation = -1;
+    int64_t seq = 0;                       // backward order within the generation (shared with Python hooks)
+    std::vector<double> rows;              // 4 per entry
+    std::vector<int64_t> meta;             // 4 per entry: layer, pass, seq, numel
+};
+
+bool kernel_readable(const at::Tensor &x) {
+    return x.device().is_cpu() && x.layout() == at::kStrided &&
+           (x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble) && x.is_contiguous() &&
+           !x.is_neg() && !x.is_conj() && (x.numel() == 0 || x.has_storage());
+}
+
+void reduce_gradient(const at::Tensor &g, double *out) {
+    if (kernel_readable(g)) {
+        AT_DISPATCH_FLOATING_TYPES(g.scalar_type(), "watch", [&] {
+            reduce_one<scalar_t>(g.data_ptr<scalar_t>(), g.numel(), out, true);
+        });
+        return;
+    }
+    at::Tensor d = g.detach().to(at::kCPU, at::kDouble).resolve_conj().resolve_neg().contiguous();
+    reduce_one<double>(d.data_ptr<double>(), d.numel(), out, true);
+}
+
+class GradWatch {
+  public:
+    GradWatch() : log_(std::make_shared<WatchLog>()) {}
+
+    void begin(int64_t generation) {
+        std::lock_guard<std::mutex> lock(log_->mu);
+        log_->generation = generation;
+        log_->seq = 0;
+        log_->rows.clear();
+        log_->meta.clear();
+    }
+
+    int64_t next_seq() {
+        std::lock_guard<std::mutex> lock(log_->mu);
+        return ++log_->seq;
+    }
+
+    void watch(const at::Tensor &out, int64_t layer, int64_t pass) {
+        TORCH_CHECK(out.requires_grad(), "watch: the tensor does not require a gradient");
+        int64_t generation;
+        {
+            std::lock_guard<std::mutex> lock(log_->mu);
+            generation = log_->generation;
+        }
+        std::shared_ptr<WatchLog> log = log_;
+        out.register_hook([log, generation, layer, pass](const at::TensorBase &base) {
+            if (!base.defined()) return;
+            double r[4] = {NAN, NAN, NAN, NAN};
+            int64_t numel = base.numel();
+            try {
+                reduce_gradient(at::Tensor(base), r);
+            } catch (...) {                // never into backward: the statistics of this call are unknown
+                r[0] = r[1] = r[2] = r[3] = NAN;
+            }
+            std::lock_guard<std::mutex> lock(log->mu);
+            if (log->generation != generation) return;
+            log->rows.insert(log->rows.end(), r, r + 4);
+            int64_t m[4] = {layer, pass, ++log->seq, numel};
+            log->meta.insert(log->meta.end(), m, m + 4);
+        });
+    }
+
+    // The entries since begin(): (n, 4) float64 sums and (n, 4) int64 (layer, pass, order, numel); cleared.
+    std::tuple<at::Tensor, at::Tensor> take() {
+        std::lock_guard<std::mutex> lock(log_->mu);
+        int64_t n = static_cast<int64_t>(log_->meta.size() / 4);
+        at::Tensor rows = at::empty({n, 4}, at::TensorOptions().dtype(at::kDouble));
+        at::Tensor meta = at::empty({n, 4}, at::TensorOptions().dtype(at::kLong));
+        if (n) {
+            std::copy(log_->rows.begin(), log_->rows.end(), rows.data_ptr<double>());
+            std::copy(log_->meta.begin(), log_->meta.end(), meta.data_ptr<int64_t>());
+        }
+        log_->rows.clear();
+        log_->meta.clear();
+        return {rows, meta};
+    }
+
+  private:
+    std::shared_ptr<WatchLog> log_;
+};
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+    py::class_<GradWatch>(m, "GradWatch", "Output-gradient hooks registered from C++ (see fused_sums.cpp)")
+        .def(py::init<>())
+        .def("begin", &GradWatch::begin, "start a new generation: older hooks log nothing; the log is cleared")
+        .def("next_seq", &GradWatch::next_seq, "the next backward order number (for hooks run in Python)")
+        .def("watch", &GradWatch::watch, "reduce out's gradient in backward into the log (layer, pass ids)")
+        .def("take", &GradWatch::take, "the log since begin() as ((n, 4) float64, (n, 4) int64); cleared");
     m.doc() = "Fused one-pass reductions of diagnostics.recording (see fused_sums.cpp)";
     m.def("act_sums", &act_sums, "[Σx, Σx², #nonzero, #NaN/Inf] of x into out[row]");
     m.def("grad_sums", &grad_sums, "[Σ|g|, Σg², max|g|, #NaN/Inf] of g into out[row]");

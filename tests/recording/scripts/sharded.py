@@ -85,6 +85,7 @@ def main(mode: str) -> None:
     dist.init_process_group("gloo")
     if mode == "crash":
         crash_without_collectives()
+        print(f"DONE rank {dist.get_rank()}", flush=True)
         dist.destroy_process_group()
         return
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -146,6 +147,7 @@ def main(mode: str) -> None:
     dist.barrier()
     if rank == 0:
         print(f"OK {mode} collectives per step {per_step}")
+    print(f"DONE rank {rank}", flush=True)          # every check of this rank passed; only teardown is left
     dist.destroy_process_group()
 
 
