@@ -8,7 +8,7 @@ over the row's own parameters as one vector: ``weight_*`` over those whose name 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -108,20 +108,24 @@ NO_ACTIVATIONS = (math.nan, math.nan, math.nan, 0)
 NO_OUTPUT_GRADS = (math.nan, math.nan, math.nan, 0)
 
 
+def _call_sums(calls: Sequence[tuple[Call, int, int]], host: Sequence[float],
+               third: Callable[[Iterable[float]], float]) -> tuple[int, float, float, float, float]:
+    """(numel, first, second, third, NaN/Inf count) of a layer's calls: the first two sums and the count added over
+    the calls, the third combined by ``third`` (sum or max); one call is read as it is."""
+    if len(calls) == 1:                               # the common case, without the generator sums
+        c, o, nf = calls[0]
+        return c.numel, host[o], host[o + 1], host[o + 2], host[nf]
+    return (sum(c.numel for c, _, _ in calls), sum(host[o] for _, o, _ in calls),
+            sum(host[o + 1] for _, o, _ in calls), third(host[o + 2] for _, o, _ in calls),
+            sum(host[nf] for _, _, nf in calls))
+
+
 def pool_activations(calls: Sequence[tuple[Call, int, int]], host: Sequence[float]) -> tuple[float, float, float, int]:
     """(act_mean, act_std, act_zero_frac, act_nonfinite) of all calls of a layer (offsets of [Σx, Σx², #nonzero]
     and of the NaN count)."""
     if not calls:
         return NO_ACTIVATIONS
-    if len(calls) == 1:                               # the common case, without the generator sums
-        c, o, nf = calls[0]
-        n, total, sumsq, nonzero, bad = c.numel, host[o], host[o + 1], host[o + 2], host[nf]
-    else:
-        n = sum(c.numel for c, _, _ in calls)
-        total = sum(host[o] for _, o, _ in calls)
-        sumsq = sum(host[o + 1] for _, o, _ in calls)
-        nonzero = sum(host[o + 2] for _, o, _ in calls)
-        bad = sum(host[o] for _, _, o in calls)
+    n, total, sumsq, nonzero, bad = _call_sums(calls, host, sum)
     return stats.mean(total, n), stats.std(total, sumsq, n), stats.fraction(n - nonzero, n), count(bad)
 
 
@@ -131,15 +135,7 @@ def pool_output_grads(calls: Sequence[tuple[Call, int, int]], host: Sequence[flo
     layer, unscaled by ``scale``."""
     if not calls:
         return NO_OUTPUT_GRADS
-    if len(calls) == 1:
-        c, o, nf = calls[0]
-        n, sum_abs, sumsq, max_abs, bad = c.numel, host[o], host[o + 1], host[o + 2], host[nf]
-    else:
-        n = sum(c.numel for c, _, _ in calls)
-        sum_abs = sum(host[o] for _, o, _ in calls)
-        sumsq = sum(host[o + 1] for _, o, _ in calls)
-        max_abs = max(host[o + 2] for _, o, _ in calls)
-        bad = sum(host[o] for _, _, o in calls)
+    n, sum_abs, sumsq, max_abs, bad = _call_sums(calls, host, max)
     return (stats.l2_norm(sumsq / (scale * scale)), stats.mean(sum_abs / scale, n), max_abs / scale, count(bad))
 
 
