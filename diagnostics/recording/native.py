@@ -14,7 +14,9 @@ tensor the kernels cannot read raises instead of corrupting memory.
 
 Everything here is optional. Where it cannot be used (no C++ compiler or ninja, ``DIAGNOSTICS_NATIVE=0``),
 :func:`kernels` returns None, :func:`status` says why, and the monitor uses the PyTorch reductions: same
-statistics, slower. Only contiguous float32/float64 CPU tensors of the plain tensor type are reduced here.
+statistics, slower. Only contiguous float32/float64 CPU tensors of the plain tensor type are reduced here, except
+by ``GradWatch``: the output-gradient hooks the monitor registers from C++ on plain CPU outputs (no Python runs
+for them in backward), which reduce any other gradient from a float64 copy rather than raise into backward.
 """
 
 from __future__ import annotations
