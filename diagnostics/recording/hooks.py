@@ -59,6 +59,7 @@ class LiveState:
     arena_rows: int = 256               # rows of the next buffer's arena (doubled when one overflows)
     watch: Any = None                   # the kernels' GradWatch: output-gradient hooks in C++ (None: Python)
     names: list[str] = field(default_factory=list)   # leaf names by the layer ids given to the watch
+    layer_ids: dict[str, int] = field(default_factory=dict)   # ... and the ids by name
     generation: int = 0                 # the watch's generation: one per buffer
 
     def histogram_step(self, step: int) -> bool:
@@ -133,9 +134,9 @@ class Hooks:
             return
         for module, name in self.table.leaf_names().items():
             if name in self.table.selected:
-                if name not in self.live.names:
+                layer = self.live.layer_ids.setdefault(name, len(self.live.names))
+                if layer == len(self.live.names):
                     self.live.names.append(name)
-                layer = self.live.names.index(name)
                 self._leaf_handles.append(module.register_forward_hook(
                     self._forward_hook(name, own_axis(module), layer)))
 

@@ -84,9 +84,8 @@ class GradientMonitor:
         kernel_every: Snapshot every this many steps.
         kernel_max_mb: Size budget of all snapshots of the run (see :class:`.snapshots.KernelSnapshots`).
         meta: Extra JSON-serialisable metadata for the run.
-        flush_every: Write the store every this many recorded steps (and at least every 2 s). ``None``
-            (default): about once a second, whatever the step time (and whenever 20,000 rows wait), so a
-            loop of fast steps does not pay a write every few steps; the dashboard sees a live run within ~1 s.
+        flush_every: Write the store every this many recorded steps (and at least every 2 s). ``None`` (default):
+            about once a second whatever the step time (see :class:`RunWriter`); the dashboard sees a live run.
         activations: Also record activation and output-gradient statistics (with ``False`` only the
             parameters are read; which layers ran is still tracked).
         weight_norms: Also record ‖W‖ (one more read of the weights); an ``optimizer`` keeps them on.
@@ -211,9 +210,7 @@ class GradientMonitor:
             self.run_id = new_run_id(self.run_name)
             return
         meta = run_meta(self.model, self.table.root_type, self.options, self._fused is not None, self.compiled)
-        every = self.options.flush_every
-        self._writer = self.store.create_run(self.run_name, meta, flush_every=every,
-                                             flush_seconds=2.0 if every is not None else 1.0)
+        self._writer = self.store.create_run(self.run_name, meta, flush_every=self.options.flush_every)
         self.run_id = self._writer.run_id
 
     def detach(self, status: str = "finished", error: str | None = None) -> None:

@@ -51,7 +51,7 @@ _PLAIN_TYPES = (torch.Tensor, torch.nn.Parameter)
 
 
 def _plain(t: torch.Tensor) -> bool:
-    return (type(t) is torch.Tensor or type(t) is torch.nn.Parameter) and t.device.type != "meta"
+    return type(t) in _PLAIN_TYPES and t.device.type != "meta"
 
 
 def queue_parameters(params: Iterable[Param], transfer: Transfer, *, fused: bool, weight_norms: bool,

@@ -58,19 +58,21 @@ class RunWriter:
     """Appends the tables of one run in atomic Parquet chunks; owned by the recording process.
 
     Use :meth:`RunStore.create_run` to make one. Rows are buffered and written every ``flush_every`` recorded
-    steps (:meth:`end_step`), after ``flush_seconds``, or once ``max_rows`` rows wait, whichever comes first,
-    and at :meth:`close`. ``flush_every=None`` writes by time and size only: a training loop of fast steps then
+    steps (:meth:`end_step`), after ``flush_seconds`` (default: 2 s, or 1 s with ``flush_every=None``), or once
+    ``max_rows`` rows wait, whichever comes first, and at :meth:`close`. ``flush_every=None`` writes by time and
+    size only: a training loop of fast steps then
     writes a few chunks a second rather than one every few milliseconds (each flush writes one Parquet file per
     table and the metadata).
     """
 
     def __init__(self, run_dir: Path, meta: dict[str, Any], *, flush_every: int | None = 10,
-                 flush_seconds: float = 2.0, max_rows: int = 20_000) -> None:
+                 flush_seconds: float | None = None, max_rows: int = 20_000) -> None:
         self.run_dir = run_dir
         self.run_id = run_dir.name
         self.meta = meta
         self.flush_every = None if flush_every is None else max(1, int(flush_every))
-        self.flush_seconds = float(flush_seconds)
+        self.flush_seconds = float(flush_seconds) if flush_seconds is not None else \
+            (1.0 if flush_every is None else 2.0)
         self.max_rows = max(1, int(max_rows))
         self._buffers: dict[str, ColumnBuffer] = {t: ColumnBuffer() for t in TABLES}
         self._seq: dict[str, int] = {t: 0 for t in TABLES}
