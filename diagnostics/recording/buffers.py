@@ -128,6 +128,19 @@ class StepBuffer:
                 first[name] = min(seq, first.get(name, seq))
         return acts, calls, first
 
+    def keep(self, rows: torch.Tensor) -> list[tuple[np.ndarray, int]]:
+        """Copy (n, 4) float64 sums into the next arena rows (queued with the arena: one transfer); (row, arena
+        index) of each, the index -1 for rows kept outside a full (or absent) arena."""
+        host = rows.numpy()
+        k, n = self.used, len(host)
+        if self.rows is None or k + n > len(self.rows):
+            if self.rows is not None:
+                self.used = len(self.rows)                 # full: the next step's arena is made larger
+            return [(host[i], -1) for i in range(n)]
+        self.rows[k:k + n] = host
+        self.used = k + n
+        return [(self.rows[k + i], k + i) for i in range(n)]
+
     def fused(self, x: torch.Tensor, seq: int, kind: int) -> Call | None:
         """Reduce a contiguous CPU tensor in one pass into the next arena row (kind 0: activation, 1: gradient).
 

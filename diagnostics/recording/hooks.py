@@ -61,9 +61,17 @@ class LiveState:
     names: list[str] = field(default_factory=list)   # leaf names by the layer ids given to the watch
     layer_ids: dict[str, int] = field(default_factory=dict)   # ... and the ids by name
     generation: int = 0                 # the watch's generation: one per buffer
+    fast: bool = False                  # leaves' forward calls may go to the watch (see :meth:`refresh`)
 
     def histogram_step(self, step: int) -> bool:
         return self.histogram_every > 0 and step % self.histogram_every == 0
+
+    def refresh(self) -> None:
+        """Decide whether this step's leaf calls may take the C++ path (``GradWatch.forward``): recording
+        activations with the watch, and nothing asked of a call that the watch does not do (per-unit activity,
+        log10 histograms). Call after any change of ``enabled``, ``recording`` or ``step``."""
+        self.fast = self.enabled and self.recording and self.activations and self.watch is not None \
+            and not self.units and not self.histogram_step(self.step)
 
     def fresh_buffer(self) -> StepBuffer:
         """Start a new step's buffer (the old one is returned to whoever closes the step); the output-gradient
@@ -74,6 +82,13 @@ class LiveState:
             self.watch.begin(self.generation)
         return old
 
+    def forward_seq(self) -> int:
+        """The next forward call's order in this step (one count with the C++ path)."""
+        if self.watch is not None:
+            return self.watch.next_forward_seq()
+        self.buffer.forward_seq += 1
+        return self.buffer.forward_seq
+
     def backward_seq(self) -> int:
         """The next output gradient's order in this step's backward (one count with the C++ hooks)."""
         if self.watch is not None:
@@ -82,19 +97,28 @@ class LiveState:
         return self.buffer.backward_seq
 
     def drain(self) -> None:
-        """Move what the C++ output-gradient hooks logged since the buffer started into it (call before reading
-        ``backwards`` or the buffer's gradients)."""
+        """Move what the C++ path logged since the buffer started into it: the leaves' forward calls and the
+        output gradients (call before reading ``backwards``, the passes or the buffer's calls)."""
         if self.watch is None:
             return
+        buf, names = self.buffer, self.names
+        rows, meta = self.watch.take_forward()
+        if len(meta):
+            passes = buf.passes
+            for (layer, index, seq, numel, training, tracked), at in zip(meta.tolist(), buf.keep(rows)):
+                p, name = passes[index], names[layer]
+                p.add(name, seq)
+                p.acts[name].append(Call(numel, at[0], None, seq, None, at[1]))
+                if training:
+                    p.training = True
+                if tracked:
+                    p.tracked = True
         rows, meta = self.watch.take()
-        if not len(meta):
-            return
-        buf = self.buffer
-        host = rows.numpy()
-        for i, (layer, index, seq, numel) in enumerate(meta.tolist()):
-            buf.passes[index].got_grad = True
-            buf.grads[self.names[layer]].append(Call(numel, host[i], None, seq))
-        self.backwards += len(meta)
+        if len(meta):
+            for (layer, index, seq, numel), at in zip(meta.tolist(), buf.keep(rows)):
+                buf.passes[index].got_grad = True
+                buf.grads[names[layer]].append(Call(numel, at[0], None, seq, None, at[1]))
+            self.backwards += len(meta)
 
 
 class Hooks:
@@ -177,7 +201,9 @@ class Hooks:
     def _before_model(self, module: nn.Module, args: Any) -> None:
         live = self.live
         if live.enabled and live.recording and graph_task_id() == -1:
-            live.buffer.start_pass(rooted=True)
+            p = live.buffer.start_pass(rooted=True)
+            if live.watch is not None:
+                live.watch.set_pass(p.index)             # the leaves' calls of this pass may take the C++ path
             for x in args:                               # was the batch itself non-finite? (one pass over it)
                 if isinstance(x, torch.Tensor) and x.is_floating_point() and x.device.type != "meta":
                     live.buffer.inputs.append((~torch.isfinite(local(x.detach()))).sum())
@@ -188,6 +214,8 @@ class Hooks:
             return
         buf = live.buffer
         p, buf.current = buf.current, None
+        if live.watch is not None:
+            live.watch.set_pass(-1)
         out = primary_output(output)
         if p is not None and out is not None and out.requires_grad and torch.is_grad_enabled():
             p.tracked = True
@@ -203,6 +231,8 @@ class Hooks:
         plain = torch.Tensor
 
         def hook(module: nn.Module, inputs: Any, output: Any) -> None:
+            if live.fast and type(output) is plain and live.watch.forward(output, layer, module.training):
+                return                                    # reduced and watched in C++, drained at step()
             if not (live.enabled and live.recording):
                 return
             buf = live.buffer
@@ -211,8 +241,7 @@ class Hooks:
                 return
             out = primary_output(output)
             p = buf.pass_for_call()
-            buf.forward_seq += 1
-            seq = buf.forward_seq
+            seq = live.forward_seq()
             if module.training:
                 p.training = True
             if not torch.is_grad_enabled():               # counts only if a checkpoint recomputes it

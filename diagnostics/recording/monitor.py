@@ -203,6 +203,7 @@ class GradientMonitor:
             raise
         _ATTACHED.update(self.model.modules())
         self._live.enabled = True
+        self._live.refresh()
         self._begin_eager_step()
 
     def _open_run(self) -> None:
@@ -216,6 +217,7 @@ class GradientMonitor:
     def detach(self, status: str = "finished", error: str | None = None) -> None:
         """Remove every hook (idempotent), store the last step and close the run."""
         self._live.enabled = False
+        self._live.refresh()
         self._end_eager_step()
         self._remove_hooks()
         for module in self.model.modules():
@@ -274,6 +276,7 @@ class GradientMonitor:
         self._live.step += 1
         recorded = self._live.recording
         self._live.recording = self._live.step % self.options.every == 0
+        self._live.refresh()
         if recorded:
             self._recorded += 1
             if self.compiled:                           # which steps have activation statistics

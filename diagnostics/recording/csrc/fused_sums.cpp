@@ -18,6 +18,7 @@
 // depend on the number of threads.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
+#include <torch/csrc/autograd/graph_task.h>
 
 #include <algorithm>
 #include <cfloat>
@@ -273,12 +274,22 @@ at::Tensor diff_sums(const std::vector<at::Tensor> &after, const std::vector<at:
 // with (layer, pass, order, numel) to a log that take() hands to Python once per step. A hook of an older
 // generation (begin() starts a new one at every step) appends nothing. A hook never throws into backward: a
 // gradient the kernels cannot read is reduced from a float64 copy, and any failure logs NaN sums.
+//
+// GradWatch::forward(out, layer, training) is a leaf's whole forward hook on the common path: during the model's
+// pass (set_pass), outside backward, with gradients on, for a tensor the kernels can read, it reduces `out` as
+// act_sums does, logs the sums with (layer, pass, order, numel, training, tracked) for take_forward(), and
+// watches `out`'s gradient when it requires one. It returns false, doing nothing, for every other call: the
+// Python hook then takes it (no_grad calls, recomputations in backward, calls outside the model, ...).
 struct WatchLog {
     std::mutex mu;
     int64_t generation = -1;
     int64_t seq = 0;                       // backward order within the generation (shared with Python hooks)
     std::vector<double> rows;              // 4 per entry
     std::vector<int64_t> meta;             // 4 per entry: layer, pass, seq, numel
+    int64_t pass = -1;                     // the model's forward pass under way (-1: none; Python takes calls)
+    int64_t forward_seq = 0;               // forward order within the generation (shared with Python hooks)
+    std::vector<double> forward_rows;      // 4 per forward entry: [Σx, Σx², #nonzero, #NaN/Inf]
+    std::vector<int64_t> forward_meta;     // 6 per forward entry: layer, pass, seq, numel, training, tracked
 };
 
 bool kernel_readable(const at::Tensor &x) {
@@ -308,6 +319,60 @@ class GradWatch {
         log_->seq = 0;
         log_->rows.clear();
         log_->meta.clear();
+        log_->pass = -1;
+        log_->forward_seq = 0;
+        log_->forward_rows.clear();
+        log_->forward_meta.clear();
+    }
+
+    void set_pass(int64_t pass) {
+        std::lock_guard<std::mutex> lock(log_->mu);
+        log_->pass = pass;
+    }
+
+    int64_t next_forward_seq() {
+        std::lock_guard<std::mutex> lock(log_->mu);
+        return ++log_->forward_seq;
+    }
+
+    bool forward(const at::Tensor &out, int64_t layer, bool training) {
+        int64_t pass;
+        {
+            std::lock_guard<std::mutex> lock(log_->mu);
+            pass = log_->pass;
+        }
+        if (pass < 0 || !at::GradMode::is_enabled() || torch::autograd::get_current_graph_task_id() != -1 ||
+            !kernel_readable(out))
+            return false;
+        double r[4];
+        AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "forward", [&] {
+            reduce_one<scalar_t>(out.data_ptr<scalar_t>(), out.numel(), r, false);
+        });
+        bool tracked = out.requires_grad();
+        {
+            std::lock_guard<std::mutex> lock(log_->mu);
+            log_->forward_rows.insert(log_->forward_rows.end(), r, r + 4);
+            int64_t m[6] = {layer, pass, ++log_->forward_seq, out.numel(), training, tracked};
+            log_->forward_meta.insert(log_->forward_meta.end(), m, m + 6);
+        }
+        if (tracked) watch(out, layer, pass);
+        return true;
+    }
+
+    // The forward entries since begin(): (n, 4) float64 sums and (n, 6) int64 (layer, pass, order, numel,
+    // training, tracked); cleared.
+    std::tuple<at::Tensor, at::Tensor> take_forward() {
+        std::lock_guard<std::mutex> lock(log_->mu);
+        int64_t n = static_cast<int64_t>(log_->forward_meta.size() / 6);
+        at::Tensor rows = at::empty({n, 4}, at::TensorOptions().dtype(at::kDouble));
+        at::Tensor meta = at::empty({n, 6}, at::TensorOptions().dtype(at::kLong));
+        if (n) {
+            std::copy(log_->forward_rows.begin(), log_->forward_rows.end(), rows.data_ptr<double>());
+            std::copy(log_->forward_meta.begin(), log_->forward_meta.end(), meta.data_ptr<int64_t>());
+        }
+        log_->forward_rows.clear();
+        log_->forward_meta.clear();
+        return {rows, meta};
     }
 
     int64_t next_seq() {
@@ -367,7 +432,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         .def("begin", &GradWatch::begin, "start a new generation: older hooks log nothing; the log is cleared")
         .def("next_seq", &GradWatch::next_seq, "the next backward order number (for hooks run in Python)")
         .def("watch", &GradWatch::watch, "reduce out's gradient in backward into the log (layer, pass ids)")
-        .def("take", &GradWatch::take, "the log since begin() as ((n, 4) float64, (n, 4) int64); cleared");
+        .def("take", &GradWatch::take, "the log since begin() as ((n, 4) float64, (n, 4) int64); cleared")
+        .def("set_pass", &GradWatch::set_pass, "the model's forward pass under way (-1: none)")
+        .def("next_forward_seq", &GradWatch::next_forward_seq, "the next forward order number (Python hooks)")
+        .def("forward", &GradWatch::forward, "a leaf's forward hook on the common path; false: not taken")
+        .def("take_forward", &GradWatch::take_forward,
+             "the forward log since begin() as ((n, 4) float64, (n, 6) int64); cleared");
     m.doc() = "Fused one-pass reductions of diagnostics.recording (see fused_sums.cpp)";
     m.def("act_sums", &act_sums, "[Σx, Σx², #nonzero, #NaN/Inf] of x into out[row]");
     m.def("grad_sums", &grad_sums, "[Σ|g|, Σg², max|g|, #NaN/Inf] of g into out[row]");
