@@ -5,7 +5,8 @@
   kernels, a C++ hook (``GradWatch`` in ``csrc/fused_sums.cpp``: no Python runs in backward; its log is drained
   into the step's buffer by :meth:`LiveState.drain`), else ``output.register_hook``.
 * A forward pre-hook and a forward hook on the model delimit a pass and tell whether backward reached it.
-* A post-accumulate-grad hook on every trainable parameter counts backward passes (for ``step()`` misuse).
+* A hook on every trainable parameter counts backward passes (for ``step()`` misuse): a C++ counter of the
+  watch (:class:`CountHook`), else a post-accumulate-grad hook.
 * A forward inside backward (``torch._C._current_graph_task_id() != -1``) is a checkpoint's recomputation.
 """
 
@@ -119,6 +120,20 @@ class LiveState:
                 buf.passes[index].got_grad = True
                 buf.grads[names[layer]].append(Call(numel, at[0], None, seq, None, at[1]))
             self.backwards += len(meta)
+        self.backwards += self.watch.take_counted()
+
+
+class CountHook:
+    """A C++ hook counting a parameter's gradients into the watch (no Python in backward); a handle."""
+
+    def __init__(self, watch: Any, tensor: torch.Tensor) -> None:
+        self.watch, self.tensor = watch, tensor
+        self.position = watch.count(tensor)
+
+    def remove(self) -> None:
+        if self.tensor is not None:
+            tensor, self.tensor = self.tensor, None
+            self.watch.uncount(tensor, self.position)
 
 
 class Hooks:
@@ -148,9 +163,11 @@ class Hooks:
         if not compiled_in_place(model):                 # an OptimizedModule's own call is not traced
             self.add(model.register_forward_pre_hook(self._before_model))
             self.add(model.register_forward_hook(self._after_model))
+        watch = self.live.watch
         for param in self.table.params:
             if param.tensor.requires_grad:
-                self.add(param.tensor.register_post_accumulate_grad_hook(self._on_param_grad))
+                self.add(CountHook(watch, param.tensor) if watch is not None
+                         else param.tensor.register_post_accumulate_grad_hook(self._on_param_grad))
 
     def attach_leaves(self) -> None:
         """Hook every selected leaf (idempotent)."""

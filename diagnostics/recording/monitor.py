@@ -176,10 +176,12 @@ class GradientMonitor:
                 "leave the first monitor's `with` block (or call detach()) before attaching another")
         check_sharding([p.tensor for p in self.table.params], self.options.distributed, self._group)
         try:
+            self._fused = _fused_kernels() if self.options.fused else None
+            self._live.kernels = self._fused
+            self._live.watch = self._fused.GradWatch() if self._fused is not None else None
             self._hooks.attach(self.model, leaves=not self.compiled)
             for handle in self._blocks.handles() if self._blocks is not None else ():
                 self._hooks.add(handle)
-            self._fused = _fused_kernels() if self.options.fused else None
             self._recorder = StepRecorder(self.table, self.options, self._group, self._fused is not None,
                                           self._live.scratch)
             if self.optimizer is not None:
@@ -187,8 +189,6 @@ class GradientMonitor:
                                                lambda: self._open, self.step, self._recorder.conv_weight)
                 self._hooks.add(self.optimizer.register_step_pre_hook(self._updates.before))
                 self._hooks.add(self.optimizer.register_step_post_hook(self._updates.after))
-            self._live.kernels = self._fused
-            self._live.watch = self._fused.GradWatch() if self._fused is not None else None
             self._live.fresh_buffer()
             self._open_run()
             if self.store is None and self.options.distributed and world_size(self._group) > 1 \

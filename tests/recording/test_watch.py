@@ -237,3 +237,20 @@ def test_the_forward_path_and_the_python_hooks_record_the_same_step():
         # rel 1e-6: the fp16 layer's output gradient is summed in float64 by GradWatch, in float32 by PyTorch
         assert a[column].tolist() == pytest.approx(b[column].tolist(), rel=1e-6, nan_ok=True), column
     assert a["act_mean"].notna().all()
+
+
+def test_parameter_counters_count_backward_and_leave_with_the_monitor():
+    require_fused_kernels()
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 1))
+    mon = dx.GradientMonitor(model, activations=False)          # no output hook: the counters alone see backward
+    mon.attach()
+    watch = mon._live.watch
+    model(torch.randn(2, 3)).sum().backward()
+    assert watch.take_counted() == 4                             # 4 parameters
+    model(torch.randn(2, 3)).sum().backward()
+    mon.step()
+    with pytest.raises(dx.MonitorError, match="twice"):
+        mon.step()
+    mon.detach()
+    model(torch.randn(2, 3)).sum().backward()
+    assert watch.take_counted() == 0                             # removed with the monitor

@@ -290,6 +290,7 @@ struct WatchLog {
     int64_t forward_seq = 0;               // forward order within the generation (shared with Python hooks)
     std::vector<double> forward_rows;      // 4 per forward entry: [Σx, Σx², #nonzero, #NaN/Inf]
     std::vector<int64_t> forward_meta;     // 6 per forward entry: layer, pass, seq, numel, training, tracked
+    int64_t counted = 0;                   // gradients of counted tensors (parameters) since the last take
 };
 
 bool kernel_readable(const at::Tensor &x) {
@@ -405,6 +406,26 @@ class GradWatch {
         });
     }
 
+    // Count every gradient computed for `param` (a parameter: backward reached it), for take_counted(); the
+    // hook's position, for uncount().
+    int64_t count(const at::Tensor &param) {
+        TORCH_CHECK(param.requires_grad(), "count: the tensor does not require a gradient");
+        std::shared_ptr<WatchLog> log = log_;
+        return param.register_hook([log](const at::TensorBase &) {
+            std::lock_guard<std::mutex> lock(log->mu);
+            log->counted++;
+        });
+    }
+
+    void uncount(const at::Tensor &param, int64_t position) { param.remove_hook(static_cast<unsigned>(position)); }
+
+    int64_t take_counted() {
+        std::lock_guard<std::mutex> lock(log_->mu);
+        int64_t n = log_->counted;
+        log_->counted = 0;
+        return n;
+    }
+
     // The entries since begin(): (n, 4) float64 sums and (n, 4) int64 (layer, pass, order, numel); cleared.
     std::tuple<at::Tensor, at::Tensor> take() {
         std::lock_guard<std::mutex> lock(log_->mu);
@@ -433,6 +454,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         .def("next_seq", &GradWatch::next_seq, "the next backward order number (for hooks run in Python)")
         .def("watch", &GradWatch::watch, "reduce out's gradient in backward into the log (layer, pass ids)")
         .def("take", &GradWatch::take, "the log since begin() as ((n, 4) float64, (n, 4) int64); cleared")
+        .def("count", &GradWatch::count, "count every gradient computed for a parameter (any generation)")
+        .def("uncount", &GradWatch::uncount, "remove a hook of count() (its position)")
+        .def("take_counted", &GradWatch::take_counted, "the gradients counted since the last call")
         .def("set_pass", &GradWatch::set_pass, "the model's forward pass under way (-1: none)")
         .def("next_forward_seq", &GradWatch::next_forward_seq, "the next forward order number (Python hooks)")
         .def("forward", &GradWatch::forward, "a leaf's forward hook on the common path; false: not taken")
