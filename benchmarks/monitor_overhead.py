@@ -13,8 +13,10 @@ Workloads and configurations:
 * the project's depth-20 residual CNN with batch norm (batch 64 of 1x8x8, 62 hooked layers): a small model,
   where the per-layer cost of the hooks weighs most.
 * per-unit activity (``unit_activity=True``, the ``dead_units`` column; off by default) on both models.
-* the floor of any per-layer hook design on the depth-20 CNN, without the monitor: a forward hook on every leaf
-  that only registers an output-gradient hook that does nothing (what Python hooks cost before any statistic).
+* two floors on the depth-20 CNN, without the monitor: a forward hook on every leaf that only registers an
+  output-gradient hook that does nothing (what Python hooks cost before any statistic), and the monitor's C++
+  reductions alone (every leaf's output and output gradient reduced, nothing else: the floor of any design that
+  reads every element of them on every step).
 * resnet18 compiled with Inductor (``torch.compile``), against the compiled twin: weight statistics (the
   compiled steps carry no hook) and all statistics (every ``eager_every``-th recorded step runs eagerly).
 
@@ -54,6 +56,7 @@ CONFIGS = {
     "depth-20 cnn: all statistics, fused=False": ("cnn20", {"fused": False}, None),
     "depth-20 cnn: all statistics + unit_activity": ("cnn20", {"unit_activity": True}, None),
     "depth-20 cnn: floor, empty hooks (no monitor)": ("cnn20", {"floor": True}, None),
+    "depth-20 cnn: floor, C++ reductions alone (no monitor)": ("cnn20", {"floor": "reductions"}, None),
     "all statistics + unit_activity (dead_units)": ("resnet18", {"unit_activity": True}, None),
     "compiled resnet18: weight statistics": ("compiled", {"activations": False, "weight_norms": False}, 1.10),
     "compiled resnet18: all statistics, eager_every=10": ("compiled", {}, 1.25),
@@ -112,6 +115,30 @@ class EmptyHooks:
         return None
 
 
+class ReductionsAlone(EmptyHooks):
+    """Only the monitor's C++ reductions: every leaf's output reduced in its forward hook and its output gradient
+    in backward (``GradWatch.forward``), nothing else (no bookkeeping, no rows, no store): the floor of any
+    design that reads every element of every hooked tensor on every step."""
+
+    def __enter__(self) -> "ReductionsAlone":
+        self.watch = native.kernels().GradWatch()
+        self.step()
+        leaves = [m for m in self.model.modules() if not list(m.children())]
+        self.handles = [m.register_forward_hook(self._hook(i)) for i, m in enumerate(leaves)]
+        return self
+
+    def _hook(self, layer: int):
+        watch = self.watch
+
+        def hook(module, inputs, output) -> None:
+            watch.forward(output, layer, module.training)
+        return hook
+
+    def step(self, loss=None) -> None:
+        self.watch.begin(0)
+        self.watch.set_pass(0)
+
+
 def measure(name: str, workload: str, options: dict, target: float | None, pairs: int, block: int,
             store: dx.RunStore, baselines: dict) -> None:
     """Alternate blocks of monitored steps with blocks of the same steps on an un-hooked twin model."""
@@ -126,7 +153,8 @@ def measure(name: str, workload: str, options: dict, target: float | None, pairs
     if options.pop("with_optimizer", False):
         options["optimizer"] = opt
     ratios, monitored, own = [], [], []
-    monitor = EmptyHooks(model) if options.pop("floor", False) else \
+    floor = options.pop("floor", None)
+    monitor = EmptyHooks(model) if floor is True else ReductionsAlone(model) if floor == "reductions" else \
         dx.GradientMonitor(model, store=store, run_name=f"bench-{workload}", **options)
     with monitor as mon:
         train_block(model, opt, x, y, 2, mon)
