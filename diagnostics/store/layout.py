@@ -108,9 +108,15 @@ def write_json_atomic(path: Path, obj: Mapping[str, Any]) -> None:
     write_atomic(path, json.dumps(obj, indent=2, default=str).encode())
 
 
+def dictionary_columns(table: pa.Table) -> list[str]:
+    """The columns worth dictionary-encoding: all but the floating-point ones (names, types, steps, flags repeat;
+    measured values rarely do, and trying a dictionary on them made writing a chunk about 1.6x slower)."""
+    return [f.name for f in table.schema if not pa.types.is_floating(f.type)]
+
+
 def write_table_atomic(path: Path, table: pa.Table) -> None:
     tmp = path.with_name(f".tmp-{os.getpid()}-{secrets.token_hex(4)}-{path.name}")
-    pq.write_table(table, tmp, compression="zstd")
+    pq.write_table(table, tmp, compression="zstd", use_dictionary=dictionary_columns(table))
     os.replace(tmp, path)
 
 

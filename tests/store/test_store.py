@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -13,6 +14,8 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 from torch import nn
@@ -274,3 +277,15 @@ def test_kernel_snapshots_have_one_file_name_and_are_found_by_the_store(store):
     assert store.kernel_snapshot(writer.run_id, 7).arrays["conv"]["grad"].shape == (2, 1, 3, 3)
     from diagnostics.store.layout import snapshot_name, snapshot_step
     assert snapshot_step(snapshot_name(7)) == 7 and snapshot_step("notes.txt") is None
+
+
+def test_chunks_dictionary_encode_all_but_the_measured_values(tmp_path):
+    from diagnostics.store.layout import dictionary_columns, write_table_atomic
+
+    table = pa.table({"run": ["a", "a"], "step": [1, 2], "grad_norm": [0.5, float("nan")], "flag": [True, None],
+                      "counts": [[1, 2], [3]]})
+    assert dictionary_columns(table) == ["run", "step", "flag", "counts"]
+    write_table_atomic(tmp_path / "t.parquet", table)
+    back = pq.read_table(tmp_path / "t.parquet")
+    assert back.to_pylist()[0] == {"run": "a", "step": 1, "grad_norm": 0.5, "flag": True, "counts": [1, 2]}
+    assert back.column("step").to_pylist() == [1, 2] and math.isnan(back.column("grad_norm")[1].as_py())
