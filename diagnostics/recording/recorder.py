@@ -11,15 +11,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import native, stats
+from . import native, pooling, stats
 from .blocks import BlockHooks, BlockState
 from .buffers import Call, Scratch, StepBuffer, Transfer
 from .distributed import MAX, SUM, Exchange, mean_loss, world_size
 from .layers import LayerTable, rank_rows
 from .options import MonitorOptions
 from .reductions import ParamSums, queue_parameters
-from .rows import (Columns, GradSums, LayerRecord, ParamRecord, block_records, pool_activations, pool_output_grads,
-                   pooled_names, queue_blocks, summed_histograms)
+from .rows import Columns, LayerRecord, ParamRecord, block_records, queue_blocks, summed_histograms
 from .snapshots import KernelSnapshots
 from .units import UnitActivity, pooled_masks
 
@@ -44,6 +43,20 @@ class OpenStep:
     shard_updates: set[str] = field(default_factory=set)      # ... of which only this rank's shard is known yet
     nonfinite_forward: str | None = None
     nonfinite_backward: str | None = None
+
+
+@dataclass
+class RowLayout:
+    """What a step's rows, in depth order, take from the layer table (the same while the rows stay the same)."""
+
+    position: dict[str, int]                         # row name -> place
+    labels: list[str]
+    types: list[str]
+    leaf: list[bool]
+    shared: list[str]                                # label of the owner a parameter is shared with ("": none)
+    groups: pooling.Groups                           # the parameters each row pools
+    weight_groups: dict[str, list[str]]              # label -> parameters of its weight group (read only)
+    param_ids: list[tuple[int, ...]]                 # id() of each row's own parameters
 
 
 @dataclass
@@ -94,6 +107,8 @@ class StepRecorder:
         self.scratch = scratch
         self._segments: dict[tuple[tuple[int, ...], torch.device], torch.Tensor] = {}
         self._rows: dict[str, tuple[str, tuple[str, ...], tuple[str, ...], str]] = {}
+        self._layouts: dict[tuple[str, ...], RowLayout] = {}
+        self._shapes: dict[torch.Size, str] = {}
         self.units = UnitActivity(options.unit_window)
         self.snapshots = None if options.kernels is None else KernelSnapshots(
             options.kernels, options.kernel_every, options.kernel_max_mb, self.conv_weight)
@@ -173,56 +188,47 @@ class StepRecorder:
             loss, bad_inputs, act_off, grad_off = self._combine(host, act_off, grad_off, param_off, local_nonfinite,
                                                                 local_loss, bad_inputs, previous, world, unit_off)
             loss_off = None
-        grad_sums, norms = self._parameter_sums(param_off, host, weight_scale, local_nonfinite)
-        params = Columns(ParamRecord)
-        for param in table.params:
-            sums = grad_sums.get(param.name)
-            if sums is None:
-                continue
-            inside = None if in_optimizer is None else id(param.tensor) in in_optimizer
-            # ParamRecord's fields, in order
-            params.add(step, param.name, table.label(param.row), "x".join(map(str, param.tensor.shape)),
-                       sums.numel, sums.norm(), sums.mean_abs(), sums.max(), norms.get(param.name, math.nan),
-                       math.nan, sums.nonfinite, inside)
+        pa = self._parameter_arrays(param_off, host, weight_scale, local_nonfinite)
+        params = self._param_columns(step, pa, in_optimizer)
 
         rank_rows(table, names, first, self.depth)
         self.ran.update(calls)
-        layers = Columns(LayerRecord)
-        groups: dict[str, list[str]] = {}
-        first_forward = min(((c.seq, n) for n, items in act_off.items() for c, _, o in items if host[o] > 0),
-                            default=(None, None))[1]
-        first_backward = min(((c.seq, n) for n, items in grad_off.items() for c, _, o in items if host[o] > 0),
-                             default=(None, None))[1]
-        host_list = host.tolist()                       # Python floats: cheaper to index one by one
-        for name in sorted(names, key=self.depth.__getitem__):
-            row = table.rows[name]
-            label, weights, biases, shared = self._row_info(name)
-            w = pooled_names(grad_sums, weights)
-            b = pooled_names(grad_sums, biases)
-            groups[label] = list(weights)
-            a_mean, a_std, a_zero, a_bad = pool_activations(act_off.get(name, ()), host_list)
-            g_norm, g_mean, g_max, g_bad = pool_output_grads(grad_off.get(name, ()), host_list, scale)
-            units, dead = (0, math.nan)
-            if name in unit_off:
-                o, k = unit_off[name]
-                units, dead = self.units.update(name, host[o:o + k] > 0)
-            wnf = w.nonfinite + b.nonfinite
-            inside = None
-            if in_optimizer is not None and row.params:
-                inside = any(id(p.tensor) in in_optimizer for p in row.params)
-            weight_norm = stats.l2_norm(sum(norms.get(n, math.nan) ** 2 for n in weights)) if weights else math.nan
-            # LayerRecord's fields, in order
-            layers.add(step, label, row.type, "leaf" if row.leaf and name in self.ran else "owner", self.depth[name],
-                       int(calls.get(name, 0)), w.norm(), w.mean_abs(), w.max(), b.norm(), weight_norm, math.nan,
-                       g_norm, g_mean, g_max, a_mean, a_std, a_zero, units, dead, a_bad + g_bad + wnf, a_bad, g_bad,
-                       wnf, shared, inside)
+        order = sorted(names, key=self.depth.__getitem__)
+        layout = self._layout(order)
+        rows = len(order)
+        acts_at = pooling.flatten_calls(act_off, layout.position)
+        grads_at = pooling.flatten_calls(grad_off, layout.position)
+        first_forward = pooling.first_nonfinite(acts_at, host)
+        first_backward = pooling.first_nonfinite(grads_at, host)
+        a_mean, a_std, a_zero, a_bad = pooling.activations(acts_at, host, rows)
+        g_norm, g_mean, g_max, g_bad = pooling.output_grads(grads_at, host, rows, scale)
+        weights = pooling.parameter_columns(layout.groups, pa, rows)
+        units, dead = [0] * rows, [math.nan] * rows
+        for name, (o, k) in unit_off.items():
+            if name in layout.position:
+                units[layout.position[name]], dead[layout.position[name]] = self.units.update(name, host[o:o + k] > 0)
+        inside: list[bool | None] = [None] * rows
+        if in_optimizer is not None:
+            inside = [any(i in in_optimizer for i in ids) if ids else None for ids in layout.param_ids]
+        w_bad = weights["weight_grad_nonfinite"]
+        layers = Columns.of(LayerRecord, {
+            "step": [step] * rows, "layer": layout.labels, "type": layout.types,
+            "kind": ["leaf" if leaf and name in self.ran else "owner" for name, leaf in zip(order, layout.leaf)],
+            "depth": [self.depth[n] for n in order], "calls": [int(calls.get(n, 0)) for n in order],
+            **{k: v for k, v in weights.items() if k != "weight_grad_nonfinite"},
+            "update_ratio": [math.nan] * rows, "act_grad_norm": g_norm, "act_grad_mean_abs": g_mean,
+            "act_grad_max_abs": g_max, "act_mean": a_mean, "act_std": a_std, "act_zero_frac": a_zero,
+            "units": units, "dead_units": dead, "nonfinite": [a + g + w for a, g, w in zip(a_bad, g_bad, w_bad)],
+            "act_nonfinite": a_bad, "act_grad_nonfinite": g_bad, "weight_grad_nonfinite": w_bad,
+            "shared_with": layout.shared, "in_optimizer": inside})
         if first_backward is None:
-            bad = [(self.depth[p.row], p.row) for p in table.params
-                   if p.name in grad_sums and grad_sums[p.name].nonfinite and p.row in self.depth]
+            bad = [(self.depth[p.row], p.row) for p, has, n in zip(table.params, pa.has, pa.nonfinite)
+                   if has and n and p.row in self.depth]
             first_backward = min(bad, default=(None, None))[1]
 
-        any_grad = bool(grad_sums)
-        total = sum(s.sumsq for s in grad_sums.values())
+        with_grad = {p.name for p, has in zip(table.params, pa.has) if has}
+        any_grad = bool(with_grad)
+        total = float(np.sum(pa.sumsq[pa.has]))
         steps: dict[str, Any] = {
             "step": step, "time": time.time(),
             "loss": host[loss_off] if loss_off is not None else (_number(loss) if loss is not None else math.nan),
@@ -257,8 +263,8 @@ class StepRecorder:
         if blocks is not None:
             block_rows = block_records(step, block_off, host, blocks[1], self._block_depth(blocks[1]), scale)
         open_step = OpenStep(step=step, layers=layers, params=params, steps=steps, hist=hist, blocks=block_rows,
-                             norms=norms,
-                             groups=groups, with_grad=set(grad_sums), awaiting_update=awaiting_update,
+                             norms={p.name: n for p, n in zip(table.params, pa.norm.tolist())},
+                             groups=layout.weight_groups, with_grad=with_grad, awaiting_update=awaiting_update,
                              nonfinite_forward=steps["nonfinite_forward_layer"] or None,
                              nonfinite_backward=steps["nonfinite_backward_layer"] or None)
         if self.snapshots is not None and self.snapshots.due(step):
@@ -345,19 +351,58 @@ class StepRecorder:
             first[name] = min(depths, default=1 << 30)
         return {name: i for i, name in enumerate(sorted(first, key=lambda n: (first[n], n)))}
 
-    def _parameter_sums(self, offsets: Mapping[str, ParamSums], host: np.ndarray, weight_scale: float,
-                        nonfinite: Mapping[str, int]) -> tuple[dict[str, GradSums], dict[str, float]]:
-        grads: dict[str, GradSums] = {}
-        norms: dict[str, float] = {}
-        for name, off in offsets.items():
-            norms[name] = stats.l2_norm(host[off.weight]) if off.weight >= 0 else math.nan
-            if off.grad < 0:
-                continue
-            sumsq = host[off.grad + 1] / weight_scale**2
-            grads[name] = GradSums(sum_abs=host[off.grad] / weight_scale, sumsq=sumsq,
-                                   max_abs=host[off.grad + 2] / weight_scale, numel=off.numel,
-                                   nonfinite=nonfinite.get(name, 0), count=1)
-        return grads, norms
+    def _parameter_arrays(self, offsets: Mapping[str, ParamSums], host: np.ndarray, weight_scale: float,
+                          nonfinite: Mapping[str, int]) -> pooling.ParamArrays:
+        """Every parameter's sums, in the table's parameter order."""
+        k = len(self.table.params)
+        grad, weight = np.full(k, -1, dtype=np.int64), np.full(k, -1, dtype=np.int64)
+        numel, bad = np.zeros(k), np.zeros(k)
+        for i, param in enumerate(self.table.params):
+            off = offsets.get(param.name)
+            if off is not None:
+                grad[i], weight[i], numel[i] = off.grad, off.weight, off.numel
+                if off.grad >= 0:
+                    bad[i] = nonfinite.get(param.name, 0)
+        return pooling.parameter_arrays(grad, weight, numel, bad, host, weight_scale)
+
+    def _param_columns(self, step: int, pa: pooling.ParamArrays, in_optimizer: set[int] | None) -> Columns:
+        """The rows of the parameters that had a gradient."""
+        at = np.flatnonzero(pa.has)
+        params = [self.table.params[i] for i in at.tolist()]
+        shapes = []
+        for param in params:
+            shape = param.tensor.shape
+            text = self._shapes.get(shape)
+            if text is None:
+                text = self._shapes[shape] = "x".join(map(str, shape))
+            shapes.append(text)
+        n = len(params)
+        return Columns.of(ParamRecord, {
+            "step": [step] * n, "param": [p.name for p in params], "layer": [self.table.label(p.row) for p in params],
+            "shape": shapes, "numel": pa.numel[at].astype(np.int64).tolist(), "grad_norm": pa.grad_norm()[at].tolist(),
+            "grad_mean_abs": pa.grad_mean_abs()[at].tolist(), "grad_max_abs": pa.max_abs[at].tolist(),
+            "norm": pa.norm[at].tolist(), "update_ratio": [math.nan] * n,
+            "nonfinite": pa.nonfinite[at].astype(np.int64).tolist(),
+            "in_optimizer": [None] * n if in_optimizer is None else [id(p.tensor) in in_optimizer for p in params]})
+
+    def _layout(self, order: list[str]) -> RowLayout:
+        """What the step's rows (in depth order) take from the table; kept while the rows stay the same."""
+        key = tuple(order)
+        layout = self._layouts.get(key)
+        if layout is not None:
+            return layout
+        if len(self._layouts) > 8:                          # the set of rows keeps changing: start again
+            self._layouts.clear()
+        index = {p.name: i for i, p in enumerate(self.table.params)}
+        info = [self._row_info(name) for name in order]
+        rows = [self.table.rows[name] for name in order]
+        layout = self._layouts[key] = RowLayout(
+            position={name: i for i, name in enumerate(order)}, labels=[i[0] for i in info],
+            types=[r.type for r in rows], leaf=[r.leaf for r in rows], shared=[i[3] for i in info],
+            groups=pooling.groups([([index[n] for n in i[1]], [index[n] for n in i[2]]) for i in info]),
+            weight_groups={i[0]: list(i[1]) for i in info},
+            param_ids=[tuple(id(p.tensor) for p in r.params) for r in rows])
+        return layout
 
 
 def update_ratios(open_step: OpenStep) -> None:

@@ -1,21 +1,16 @@
-"""Rows of the run's tables as typed records, built on the host from one step's transferred sums.
-
-A layer row pools every committed call of a layer (sums added, maxima maxed) and takes its parameter columns
-over the row's own parameters as one vector: ``weight_*`` over those whose name does not start with ``bias``,
-``bias_grad_norm`` over the others.
-"""
+"""Rows of the run's tables as typed records, built on the host from one step's transferred sums (the layer
+and parameter rows' values come from :mod:`.pooling`)."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
 
 from . import stats
-from .buffers import Call
 
 
 @dataclass
@@ -68,96 +63,6 @@ class ParamRecord:
     in_optimizer: bool | None
 
 
-@dataclass
-class GradSums:
-    """Host sums of one gradient (or of several, pooled): Σ|g|, Σg², max|g|, element and NaN/Inf counts."""
-
-    sum_abs: float = 0.0
-    sumsq: float = 0.0
-    max_abs: float = -math.inf
-    numel: int = 0
-    nonfinite: int = 0
-    count: int = 0                     # how many tensors were pooled
-
-    def add(self, other: GradSums) -> None:
-        self.sum_abs += other.sum_abs
-        self.sumsq += other.sumsq
-        self.max_abs = max(self.max_abs, other.max_abs) if not math.isnan(other.max_abs) else math.nan
-        self.numel += other.numel
-        self.nonfinite += other.nonfinite
-        self.count += other.count
-
-    def norm(self) -> float:
-        return stats.l2_norm(self.sumsq) if self.count else math.nan
-
-    def mean_abs(self) -> float:
-        return stats.mean(self.sum_abs, self.numel) if self.count else math.nan
-
-    def max(self) -> float:
-        return self.max_abs if self.count else math.nan
-
-
-def count(value: float) -> int:
-    """A transferred count as an int (0 where there were no values to count, e.g. meta tensors)."""
-    return int(value) if math.isfinite(value) else 0
-
-
-#: (act_mean, act_std, act_zero_frac, act_nonfinite) of a layer without activation calls.
-NO_ACTIVATIONS = (math.nan, math.nan, math.nan, 0)
-#: (act_grad_norm, act_grad_mean_abs, act_grad_max_abs, act_grad_nonfinite) of a layer without output gradients.
-NO_OUTPUT_GRADS = (math.nan, math.nan, math.nan, 0)
-
-
-def _call_sums(calls: Sequence[tuple[Call, int, int]], host: Sequence[float],
-               third: Callable[[Iterable[float]], float]) -> tuple[int, float, float, float, float]:
-    """(numel, first, second, third, NaN/Inf count) of a layer's calls: the first two sums and the count added over
-    the calls, the third combined by ``third`` (sum or max); one call is read as it is."""
-    if len(calls) == 1:                               # the common case, without the generator sums
-        c, o, nf = calls[0]
-        return c.numel, host[o], host[o + 1], host[o + 2], host[nf]
-    return (sum(c.numel for c, _, _ in calls), sum(host[o] for _, o, _ in calls),
-            sum(host[o + 1] for _, o, _ in calls), third(host[o + 2] for _, o, _ in calls),
-            sum(host[nf] for _, _, nf in calls))
-
-
-def pool_activations(calls: Sequence[tuple[Call, int, int]], host: Sequence[float]) -> tuple[float, float, float, int]:
-    """(act_mean, act_std, act_zero_frac, act_nonfinite) of all calls of a layer (offsets of [Σx, Σx², #nonzero]
-    and of the NaN count)."""
-    if not calls:
-        return NO_ACTIVATIONS
-    n, total, sumsq, nonzero, bad = _call_sums(calls, host, sum)
-    return stats.mean(total, n), stats.std(total, sumsq, n), stats.fraction(n - nonzero, n), count(bad)
-
-
-def pool_output_grads(calls: Sequence[tuple[Call, int, int]], host: Sequence[float],
-                      scale: float) -> tuple[float, float, float, int]:
-    """(act_grad_norm, act_grad_mean_abs, act_grad_max_abs, act_grad_nonfinite) of all output gradients of a
-    layer, unscaled by ``scale``."""
-    if not calls:
-        return NO_OUTPUT_GRADS
-    n, sum_abs, sumsq, max_abs, bad = _call_sums(calls, host, max)
-    return (stats.l2_norm(sumsq / (scale * scale)), stats.mean(sum_abs / scale, n), max_abs / scale, count(bad))
-
-
-def pooled(items: Iterable[GradSums]) -> GradSums:
-    """The sums of several gradients taken as one vector."""
-    total = GradSums()
-    for item in items:
-        total.add(item)
-    return total
-
-
-#: The sums of no gradient (read only).
-NO_GRAD = GradSums()
-
-
-def pooled_names(sums: Mapping[str, GradSums], names: Sequence[str]) -> GradSums:
-    """:func:`pooled` of the named gradients that have sums (the one itself when there is one: read only)."""
-    if len(names) == 1:
-        return sums.get(names[0], NO_GRAD)
-    return pooled(sums[n] for n in names if n in sums)
-
-
 def summed_histograms(offsets: Sequence[int], host: np.ndarray, n_bins: int) -> np.ndarray:
     """The element-wise sum of histograms (bins, zeros, non-finite) at ``offsets``."""
     return np.sum([host[o:o + n_bins + 2] for o in offsets], axis=0)
@@ -180,6 +85,20 @@ class Columns:
         self.names = names
         self._rows: list[tuple[Any, ...]] = []
         self._data: dict[str, list[Any]] | None = None
+        self._length = 0                               # rows given as columns (:meth:`of`)
+
+    @classmethod
+    def of(cls, record_type: type, columns: Mapping[str, list[Any]]) -> Columns:
+        """Rows given as columns: one equal-length list per field of the record type."""
+        out = cls(record_type)
+        if set(columns) != set(out.names):
+            raise ValueError(f"columns {sorted(set(columns) ^ set(out.names))} do not match {record_type.__name__}")
+        lengths = {len(v) for v in columns.values()}
+        if len(lengths) > 1:
+            raise ValueError(f"columns of unequal lengths {sorted(lengths)}")
+        out._length = lengths.pop() if lengths else 0
+        out._data = {n: columns[n] for n in out.names} if out._length else {}
+        return out
 
     def append(self, record: Any) -> None:
         values = record.__dict__
@@ -198,7 +117,7 @@ class Columns:
         return self._data
 
     def __len__(self) -> int:
-        return len(self._rows)
+        return len(self._rows) or self._length
 
 
 @dataclass
