@@ -26,8 +26,9 @@ class Call:
 
     numel: int
     #: (3,) device tensor (see stats.activation_sums / stats.gradient_sums); or, from the fused CPU kernels,
-    #: a (4,) float64 host row whose last value is the NaN/Inf count (``nonfinite`` is then None).
-    sums: torch.Tensor | np.ndarray
+    #: a (4,) float64 host row whose last value is the NaN/Inf count (``nonfinite`` is then None); None when
+    #: the sums are in row ``row`` of the step's arena.
+    sums: torch.Tensor | np.ndarray | None
     nonfinite: torch.Tensor | int | None
     seq: int                           # order of the call within the step's forward or backward pass
     units: torch.Tensor | None = None  # (units,) bool: which units were active (``unit_activity=True``)
@@ -128,9 +129,9 @@ class StepBuffer:
                 first[name] = min(seq, first.get(name, seq))
         return acts, calls, first
 
-    def keep(self, rows: torch.Tensor) -> list[tuple[np.ndarray, int]]:
-        """Copy (n, 4) float64 sums into the next arena rows (queued with the arena: one transfer); (row, arena
-        index) of each, the index -1 for rows kept outside a full (or absent) arena."""
+    def keep(self, rows: torch.Tensor) -> list[tuple[np.ndarray | None, int]]:
+        """Copy (n, 4) float64 sums into the next arena rows (queued with the arena: one transfer): (None, arena
+        row) of each; (the row itself, -1) for rows kept outside a full (or absent) arena."""
         host = rows.numpy()
         k, n = self.used, len(host)
         if self.rows is None or k + n > len(self.rows):
@@ -139,7 +140,7 @@ class StepBuffer:
             return [(host[i], -1) for i in range(n)]
         self.rows[k:k + n] = host
         self.used = k + n
-        return [(self.rows[k + i], k + i) for i in range(n)]
+        return [(None, i) for i in range(k, k + n)]
 
     def fused(self, x: torch.Tensor, seq: int, kind: int) -> Call | None:
         """Reduce a contiguous CPU tensor in one pass into the next arena row (kind 0: activation, 1: gradient).
@@ -155,7 +156,7 @@ class StepBuffer:
             return None
         self.used = k + 1
         (self.kernels.grad_sums if kind else self.kernels.act_sums)(x, self.arena, k)   # row k = [4 float64]
-        return Call(x.numel(), self.rows[k], None, seq, None, k)
+        return Call(x.numel(), None, None, seq, None, k)
 
 
 class Transfer:

@@ -214,6 +214,18 @@ def param_sums(grads: list[torch.Tensor], weights: list[torch.Tensor | None]) ->
     return module.param_sums(list(grads), list(weights))
 
 
+def param_sums_of(params: list[torch.Tensor], weight_norms: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[Σ|g|, Σg², max|g|, Σw²]`` (Σw² NaN without ``weight_norms``) of every parameter whose ``.grad`` (and
+    weight) the kernels can read, in one parallel pass: float64 (k, 4), and (k,) bool saying which rows were
+    taken (the others are NaN: no gradient, another device or dtype, sparse, a Python-dispatch subclass such as
+    DTensor, ...). Raises RuntimeError when the extension is unavailable.
+    """
+    module = kernels()
+    if module is None:
+        raise RuntimeError(status())
+    return module.param_sums_of(list(params), bool(weight_norms))
+
+
 def diff_sums(after: list[torch.Tensor], before: list[torch.Tensor]) -> torch.Tensor:
     """``‖a - b‖²`` of k pairs of equal-shaped tensors in one parallel pass, without writing ``a - b``: float64
     (k,). Raises RuntimeError when the extension is unavailable or a tensor cannot be read."""

@@ -1,6 +1,7 @@
 """Per-step reductions of the parameters: every gradient and weight reduced to a few sums, queued for transfer.
 
-Three paths, chosen per tensor: the fused one-pass CPU kernels (all eligible parameters of a step in one call),
+Three paths, chosen per tensor: the fused one-pass CPU kernels (all eligible parameters of a step in one call,
+which reads the gradients itself),
 small float tensors reduced together as segments of one vector, and the PyTorch reductions of :mod:`.stats` for
 everything else (accelerators, half precision, sparse gradients — reduced over their coalesced values —, tensor
 subclasses).
@@ -77,16 +78,21 @@ def queue_parameters(params: Iterable[Param], transfer: Transfer, *, fused: bool
     hist: dict[str, list[int]] = defaultdict(list)
     small: dict[torch.device, list[tuple[str, torch.Tensor, torch.Tensor, int, bool]]] = defaultdict(list)
     batched: dict[torch.dtype, list[tuple[str, torch.Tensor, torch.Tensor, int, bool]]] = defaultdict(list)
+    params = list(params)
     with torch.no_grad():
-        for param in params:
+        taken = [False] * len(params)
+        if fused and params:                               # the common case first: plain CPU gradients, one call
+            sums, took = native.param_sums_of([param.tensor for param in params], weight_norms)
+            at, taken = transfer.add(sums), took.tolist()
+        for i, param in enumerate(params):
             t = param.tensor
-            g = t.grad
-            if fused and g is not None and type(g) is torch.Tensor and type(t) in _PLAIN_TYPES \
-                    and native.eligible_pair(g, t):        # the common case first: a plain CPU gradient
+            if taken[i]:
+                g = t.grad
                 if histograms and param.group == "weight":
                     hist[param.row].append(transfer.add(stats.log10_histogram(g)))
-                batched[g.dtype].append((param.name, g, t, t.numel(), False))
+                out[param.name] = ParamSums(at + 4 * i, at + 4 * i + 3 if weight_norms else -1, t.numel(), g)
                 continue
+            g = t.grad
             p, name, numel, sharded = local(t.detach()), param.name, t.numel(), is_sharded(t)
             if g is None:
                 if name in weights_without_grad:

@@ -120,6 +120,37 @@ def test_diff_sums_are_squared_distances(dtype):
     assert got[3] == 0 and native.diff_sums([], []).shape == (0,)
 
 
+@pytest.mark.parametrize("weight_norms", [True, False])
+def test_param_sums_of_read_the_gradients_they_can_and_leave_the_rest(weight_norms):
+    require_fused_kernels()
+    readable = []
+    for n, dtype in ((3, torch.float32), (CHUNK + 9, torch.float64), (4 * CHUNK, torch.float32), (0, torch.float64)):
+        p = torch.nn.Parameter(sample(n + 1, dtype)[1:].clone())
+        p.grad = sample(n + 2, dtype)[2:].clone()
+        readable.append(p)
+    no_grad = torch.nn.Parameter(torch.ones(4))
+    half = torch.nn.Parameter(torch.ones(4, dtype=torch.float16))
+    half.grad = torch.ones(4, dtype=torch.float16)
+    strided = torch.nn.Parameter(torch.ones(3, 4))
+    strided.grad = torch.ones(4, 3).t()
+    sparse = torch.nn.Parameter(torch.ones(5))
+    sparse.grad = torch.ones(5).to_sparse()
+    strided_weight = torch.nn.Parameter(torch.ones(4, 3).t())       # its gradient readable, its weight not
+    strided_weight.grad = torch.ones(3, 4)
+    params = readable + [no_grad, half, strided, sparse, strided_weight]
+    sums, taken = native.param_sums_of(params, weight_norms)
+    assert taken.tolist() == [True] * 4 + [False, False, False, False, not weight_norms]
+    for i, p in enumerate(readable[:3]):
+        np.testing.assert_allclose(sums[i, :3].numpy(), grad_reference(p.grad)[:3], rtol=1e-6)
+        if weight_norms:
+            np.testing.assert_allclose(float(sums[i, 3]), float((p.detach().double() ** 2).sum()), rtol=1e-6)
+        else:
+            assert math.isnan(sums[i, 3])
+    assert sums[3, :3].tolist() == [0.0, 0.0, 0.0]                # an empty gradient
+    assert torch.isnan(sums[4:8]).all()                           # left to the caller
+    assert native.param_sums_of([], True)[0].shape == (0, 4)
+
+
 def test_param_sums_mark_a_nan_gradient():
     g = torch.ones(2 * CHUNK)
     g[CHUNK + 1] = float("nan")

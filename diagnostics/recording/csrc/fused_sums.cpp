@@ -230,6 +230,62 @@ at::Tensor param_sums(const std::vector<at::Tensor> &grads, const std::vector<c1
     return out;
 }
 
+bool kernel_readable(const at::Tensor &x);
+
+// The common case of a step's parameters in one call: every parameter whose gradient (and, with weight_norms,
+// whose weight: same dtype and size) the kernels can read, reduced as param_sums does; its row of the (k, 4)
+// result and `taken` true. The others (no gradient, another device or dtype, sparse, a tensor subclass that
+// dispatches in Python such as DTensor, ...) get a NaN row and `taken` false: the caller reduces them.
+std::tuple<at::Tensor, at::Tensor> param_sums_of(const std::vector<at::Tensor> &params, bool weight_norms) {
+    int64_t k = static_cast<int64_t>(params.size());
+    at::Tensor out = at::full({k, 4}, NAN, at::TensorOptions().dtype(at::kDouble));
+    at::Tensor taken = at::zeros({k}, at::TensorOptions().dtype(at::kBool));
+    std::vector<at::Tensor> grads(k);
+    std::vector<int64_t> n(k, 0);
+    bool *ok = taken.data_ptr<bool>();
+    auto python = c10::DispatchKeySet(c10::DispatchKey::Python);
+    for (int64_t i = 0; i < k; i++) {
+        const at::Tensor &w = params[i];
+        if (!w.defined()) continue;
+        at::Tensor g = w.grad();
+        if (!g.defined() || !kernel_readable(g) || (g.key_set() & python) != c10::DispatchKeySet()) continue;
+        if (weight_norms && (!kernel_readable(w) || (w.key_set() & python) != c10::DispatchKeySet() ||
+                             w.scalar_type() != g.scalar_type() || w.numel() != g.numel()))
+            continue;
+        grads[i] = g;
+        n[i] = g.numel();
+        ok[i] = true;
+    }
+    auto items = items_of(n);
+    std::vector<double> part(5 * std::max<size_t>(items.size(), 1), 0.0);
+    at::parallel_for(0, static_cast<int64_t>(items.size()), 1, [&](int64_t begin, int64_t end) {
+        for (int64_t it = begin; it < end; it++) {
+            int64_t i = items[it].first, s = items[it].second, m = std::min(CHUNK, n[i] - s);
+            double *r = part.data() + 5 * it;
+            if (grads[i].scalar_type() == at::kFloat) {
+                grad_chunk(grads[i].data_ptr<float>() + s, m, r);
+                r[4] = weight_norms ? sq_chunk(params[i].data_ptr<float>() + s, m) : 0.0;
+            } else {
+                grad_chunk(grads[i].data_ptr<double>() + s, m, r);
+                r[4] = weight_norms ? sq_chunk(params[i].data_ptr<double>() + s, m) : 0.0;
+            }
+        }
+    });
+    double *o = out.data_ptr<double>();
+    for (int64_t i = 0; i < k; i++)
+        if (ok[i]) { o[4 * i] = 0; o[4 * i + 1] = 0; o[4 * i + 2] = 0; o[4 * i + 3] = 0; }
+    for (size_t it = 0; it < items.size(); it++) {
+        double *r = o + 4 * items[it].first, *p = part.data() + 5 * it;
+        r[0] += p[0]; r[1] += p[1]; r[2] = r[2] > p[2] ? r[2] : p[2]; r[3] += p[4];
+    }
+    for (int64_t i = 0; i < k; i++) {
+        if (!ok[i]) continue;
+        if (std::isnan(o[4 * i + 1])) o[4 * i + 2] = NAN;
+        if (!weight_norms) o[4 * i + 3] = NAN;
+    }
+    return {out, taken};
+}
+
 // ‖a_i - b_i‖² of k pairs (weights after and before an optimizer step) without writing a - b.
 at::Tensor diff_sums(const std::vector<at::Tensor> &after, const std::vector<at::Tensor> &before) {
     TORCH_CHECK(after.size() == before.size(), "diff_sums needs pairs of tensors");
@@ -465,6 +521,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     m.doc() = "Fused one-pass reductions of diagnostics.recording (see fused_sums.cpp)";
     m.def("act_sums", &act_sums, "[Σx, Σx², #nonzero, #NaN/Inf] of x into out[row]");
     m.def("grad_sums", &grad_sums, "[Σ|g|, Σg², max|g|, #NaN/Inf] of g into out[row]");
+    m.def("param_sums_of", &param_sums_of, "[Σ|g|, Σg², max|g|, Σw²] of every parameter the kernels can read, "
+          "read from param.grad: ((k, 4) float64, (k,) bool taken)");
     m.def("param_sums", &param_sums, "[Σ|g|, Σg², max|g|, Σw²] of k (gradient, weight) pairs: (k, 4) float64");
     m.def("diff_sums", &diff_sums, "‖a - b‖² of k pairs: (k,) float64");
 }
