@@ -87,6 +87,10 @@ def _queue_calls(transfer: Transfer, calls: Mapping[str, list[Call]],
     return {n: [queue(c) for c in items] for n, items in calls.items()}
 
 
+#: The offsets of a parameter that was not read.
+_UNREAD = ParamSums(-1, -1, 0, None)
+
+
 def _number(value: Any) -> float:
     if isinstance(value, torch.Tensor):
         return float(value.detach().float().cpu())
@@ -108,7 +112,7 @@ class StepRecorder:
         self._segments: dict[tuple[tuple[int, ...], torch.device], torch.Tensor] = {}
         self._rows: dict[str, tuple[str, tuple[str, ...], tuple[str, ...], str]] = {}
         self._layouts: dict[tuple[str, ...], RowLayout] = {}
-        self._shapes: dict[torch.Size, str] = {}
+        self._param_names: dict[tuple, tuple[list[str], list[str], list[str]]] = {}   # the last step's, by shape
         self.units = UnitActivity(options.unit_window)
         self.snapshots = None if options.kernels is None else KernelSnapshots(
             options.kernels, options.kernel_every, options.kernel_max_mb, self.conv_weight)
@@ -212,7 +216,7 @@ class StepRecorder:
             inside = [any(i in in_optimizer for i in ids) if ids else None for ids in layout.param_ids]
         w_bad = weights["weight_grad_nonfinite"]
         layers = Columns.of(LayerRecord, {
-            "step": [step] * rows, "layer": layout.labels, "type": layout.types,
+            "step": [step] * rows, "layer": list(layout.labels), "type": list(layout.types),
             "kind": ["leaf" if leaf and name in self.ran else "owner" for name, leaf in zip(order, layout.leaf)],
             "depth": [self.depth[n] for n in order], "calls": [int(calls.get(n, 0)) for n in order],
             **{k: v for k, v in weights.items() if k != "weight_grad_nonfinite"},
@@ -220,7 +224,7 @@ class StepRecorder:
             "act_grad_max_abs": g_max, "act_mean": a_mean, "act_std": a_std, "act_zero_frac": a_zero,
             "units": units, "dead_units": dead, "nonfinite": [a + g + w for a, g, w in zip(a_bad, g_bad, w_bad)],
             "act_nonfinite": a_bad, "act_grad_nonfinite": g_bad, "weight_grad_nonfinite": w_bad,
-            "shared_with": layout.shared, "in_optimizer": inside})
+            "shared_with": list(layout.shared), "in_optimizer": inside})
         if first_backward is None:
             bad = [(self.depth[p.row], p.row) for p, has, n in zip(table.params, pa.has, pa.nonfinite)
                    if has and n and p.row in self.depth]
@@ -354,32 +358,33 @@ class StepRecorder:
     def _parameter_arrays(self, offsets: Mapping[str, ParamSums], host: np.ndarray, weight_scale: float,
                           nonfinite: Mapping[str, int]) -> pooling.ParamArrays:
         """Every parameter's sums, in the table's parameter order."""
-        k = len(self.table.params)
-        grad, weight = np.full(k, -1, dtype=np.int64), np.full(k, -1, dtype=np.int64)
-        numel, bad = np.zeros(k), np.zeros(k)
-        for i, param in enumerate(self.table.params):
+        grad, weight, numel, bad = [], [], [], []
+        for param in self.table.params:
             off = offsets.get(param.name)
-            if off is not None:
-                grad[i], weight[i], numel[i] = off.grad, off.weight, off.numel
-                if off.grad >= 0:
-                    bad[i] = nonfinite.get(param.name, 0)
-        return pooling.parameter_arrays(grad, weight, numel, bad, host, weight_scale)
+            if off is None:
+                off = _UNREAD
+            grad.append(off.grad)
+            weight.append(off.weight)
+            numel.append(off.numel)
+            bad.append(nonfinite.get(param.name, 0) if nonfinite and off.grad >= 0 else 0)
+        return pooling.parameter_arrays(np.array(grad, dtype=np.int64), np.array(weight, dtype=np.int64),
+                                        np.array(numel, dtype=np.float64), np.array(bad, dtype=np.float64), host,
+                                        weight_scale)
 
     def _param_columns(self, step: int, pa: pooling.ParamArrays, in_optimizer: set[int] | None) -> Columns:
         """The rows of the parameters that had a gradient."""
         at = np.flatnonzero(pa.has)
         params = [self.table.params[i] for i in at.tolist()]
-        shapes = []
-        for param in params:
-            shape = param.tensor.shape
-            text = self._shapes.get(shape)
-            if text is None:
-                text = self._shapes[shape] = "x".join(map(str, shape))
-            shapes.append(text)
+        key = tuple((p.name, p.tensor.shape) for p in params)
+        names = self._param_names.get(key)
+        if names is None:                                  # the same parameters as last time, mostly
+            self._param_names = {key: ([p.name for p in params], [self.table.label(p.row) for p in params],
+                                       ["x".join(map(str, p.tensor.shape)) for p in params])}
+            names = self._param_names[key]
         n = len(params)
         return Columns.of(ParamRecord, {
-            "step": [step] * n, "param": [p.name for p in params], "layer": [self.table.label(p.row) for p in params],
-            "shape": shapes, "numel": pa.numel[at].astype(np.int64).tolist(), "grad_norm": pa.grad_norm()[at].tolist(),
+            "step": [step] * n, "param": list(names[0]), "layer": list(names[1]), "shape": list(names[2]),
+            "numel": pa.numel[at].astype(np.int64).tolist(), "grad_norm": pa.grad_norm()[at].tolist(),
             "grad_mean_abs": pa.grad_mean_abs()[at].tolist(), "grad_max_abs": pa.max_abs[at].tolist(),
             "norm": pa.norm[at].tolist(), "update_ratio": [math.nan] * n,
             "nonfinite": pa.nonfinite[at].astype(np.int64).tolist(),
