@@ -35,8 +35,8 @@ from .distributed import check_sharding, sum_across_ranks, world_size
 from .hooks import Hooks, LiveState, compiled
 from .layers import LayerTable
 from .options import RESERVED_METRICS, check_scalar, make_options, run_meta
-from .recorder import OpenStep, StepRecorder, update_ratios, write_step
-from .updates import OptimizerSteps, grads_already_unscaled, unwrap_optimizer
+from .recorder import OpenStep, StepRecorder, write_step
+from .updates import OptimizerSteps, grads_already_unscaled, unwrap_optimizer, update_ratios
 
 #: Modules (a monitored model and all its submodules) that have a monitor attached; weak references only.
 _ATTACHED: weakref.WeakSet[nn.Module] = weakref.WeakSet()

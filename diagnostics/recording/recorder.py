@@ -1,4 +1,4 @@
-"""One recorded step, from the gathered sums to typed rows: pooling, parameters, depth, snapshots, update ratio."""
+"""One recorded step, from the gathered sums to typed rows: pooling, parameters, depth, snapshots, the store."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import native, pooling, stats
+from . import pooling, stats
 from .blocks import BlockHooks, BlockState
 from .buffers import Call, Scratch, StepBuffer, Transfer
 from .distributed import MAX, SUM, Exchange, mean_loss, world_size
@@ -112,6 +112,9 @@ class StepRecorder:
         self._segments: dict[tuple[tuple[int, ...], torch.device], torch.Tensor] = {}
         self._rows: dict[str, tuple[str, tuple[str, ...], tuple[str, ...], str]] = {}
         self._layouts: dict[tuple[str, ...], RowLayout] = {}
+        #: selected rows owning or sharing parameters, with those tensors (a row when one received a gradient)
+        self._owners = [(name, tuple(p.tensor for p in row.params) + tuple(row.shared))
+                        for name, row in table.rows.items() if name in table.selected and (row.params or row.shared)]
         self._param_names: dict[tuple, tuple[list[str], list[str], list[str]]] = {}   # the last step's, by shape
         self.units = UnitActivity(options.unit_window)
         self.snapshots = None if options.kernels is None else KernelSnapshots(
@@ -165,10 +168,11 @@ class StepRecorder:
 
         # Rows of this step: leaves that ran, and modules owning a parameter that received a gradient.
         names = {n for n in calls if n in table.selected}
-        for name, row in table.rows.items():
-            if name in table.selected and (any(p.tensor.grad is not None for p in row.params)
-                                           or any(p.grad is not None for p in row.shared)):
-                names.add(name)
+        for name, tensors in self._owners:
+            for t in tensors:
+                if t.grad is not None:
+                    names.add(name)
+                    break
         wanted_weights = set()
         if opts.weight_norms:
             wanted_weights = {p.name for n in names for p in table.rows[n].params}
@@ -408,35 +412,6 @@ class StepRecorder:
             weight_groups={i[0]: list(i[1]) for i in info},
             param_ids=[tuple(id(p.tensor) for p in r.params) for r in rows])
         return layout
-
-
-def update_ratios(open_step: OpenStep) -> None:
-    """Fill ``update_ratio`` of the open step's rows from its ‖ΔW‖² (parameters not updated stay NaN, and so
-    do shards whose updates could not be combined across the ranks)."""
-    updates = {k: v for k, v in open_step.updates.items() if k not in open_step.shard_updates}
-    if not updates:
-        return
-    ratios = {k: stats.ratio(stats.l2_norm(v), open_step.norms.get(k, math.nan)) for k, v in updates.items()}
-    data = open_step.params.data
-    if data:
-        data["update_ratio"] = [ratios.get(n, math.nan) for n in data["param"]]
-    layers = open_step.layers.data
-    if layers:
-        out = []
-        for label, norm in zip(layers["layer"], layers["weight_norm"]):
-            moved = [updates[p] for p in open_step.groups.get(label, []) if p in updates]
-            out.append(stats.ratio(stats.l2_norm(sum(moved)), norm) if moved else math.nan)
-        layers["update_ratio"] = out
-
-
-def apply_fused_updates(open_step: OpenStep, pairs: list[tuple[str, torch.Tensor, torch.Tensor]]) -> None:
-    """‖ΔW‖² of (name, after, before) pairs that the fused kernels can read, without writing ΔW."""
-    by_dtype: dict[torch.dtype, list[tuple[str, torch.Tensor, torch.Tensor]]] = {}
-    for item in pairs:
-        by_dtype.setdefault(item[1].dtype, []).append(item)
-    for items in by_dtype.values():
-        squares = native.diff_sums([a for _, a, _ in items], [b for _, _, b in items]).tolist()
-        open_step.updates.update(zip([n for n, _, _ in items], squares))
 
 
 def write_step(open_step: OpenStep, run: str, writer: Any, memory: Mapping[str, Any] | None, layers: int) -> None:

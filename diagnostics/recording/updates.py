@@ -1,4 +1,5 @@
-"""The optimizer's side of a step: W copied before a recorded optimizer step, ‖ΔW‖² after it, closures.
+"""The optimizer's side of a step: W copied before a recorded optimizer step, ‖ΔW‖² after it, the update
+ratios of the step's rows, closures.
 
 Optimizers that run the backward inside ``step(closure)`` (LBFGS, Lightning's loops) get their closure wrapped:
 the first evaluation of each optimizer step is recorded (by a ``mon.step()`` inside the closure, or else by the
@@ -7,6 +8,7 @@ wrapper itself, with the closure's loss); later evaluations of the same step are
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -17,7 +19,7 @@ from . import native, stats
 from .distributed import is_sharded
 from .hooks import LiveState
 from .layers import LayerTable
-from .recorder import OpenStep, apply_fused_updates
+from .recorder import OpenStep
 from .reductions import local
 
 
@@ -161,3 +163,32 @@ def grads_already_unscaled(scaler: Any) -> bool:
     from torch.amp.grad_scaler import OptState
 
     return any(s.get("stage") is OptState.UNSCALED for s in states.values())
+
+
+def update_ratios(open_step: OpenStep) -> None:
+    """Fill ``update_ratio`` of the open step's rows from its ‖ΔW‖² (parameters not updated stay NaN, and so
+    do shards whose updates could not be combined across the ranks)."""
+    updates = {k: v for k, v in open_step.updates.items() if k not in open_step.shard_updates}
+    if not updates:
+        return
+    ratios = {k: stats.ratio(stats.l2_norm(v), open_step.norms.get(k, math.nan)) for k, v in updates.items()}
+    data = open_step.params.data
+    if data:
+        data["update_ratio"] = [ratios.get(n, math.nan) for n in data["param"]]
+    layers = open_step.layers.data
+    if layers:
+        out = []
+        for label, norm in zip(layers["layer"], layers["weight_norm"]):
+            moved = [updates[p] for p in open_step.groups.get(label, []) if p in updates]
+            out.append(stats.ratio(stats.l2_norm(sum(moved)), norm) if moved else math.nan)
+        layers["update_ratio"] = out
+
+
+def apply_fused_updates(open_step: OpenStep, pairs: list[tuple[str, torch.Tensor, torch.Tensor]]) -> None:
+    """‖ΔW‖² of (name, after, before) pairs that the fused kernels can read, without writing ΔW."""
+    by_dtype: dict[torch.dtype, list[tuple[str, torch.Tensor, torch.Tensor]]] = {}
+    for item in pairs:
+        by_dtype.setdefault(item[1].dtype, []).append(item)
+    for items in by_dtype.values():
+        squares = native.diff_sums([a for _, a, _ in items], [b for _, _, b in items]).tolist()
+        open_step.updates.update(zip([n for n, _, _ in items], squares))
