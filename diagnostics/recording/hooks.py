@@ -133,7 +133,10 @@ class CountHook:
     def remove(self) -> None:
         if self.tensor is not None:
             tensor, self.tensor = self.tensor, None
-            self.watch.uncount(tensor, self.position)
+            try:
+                self.watch.uncount(tensor, self.position)
+            except RuntimeError:            # the tensor's hooks were cleared by someone else: nothing to remove
+                pass
 
 
 class Hooks:
