@@ -17,7 +17,7 @@ from .buffers import Call, Scratch, StepBuffer, Transfer
 from .distributed import MAX, SUM, Exchange, mean_loss, world_size
 from .layers import LayerTable, rank_rows
 from .options import MonitorOptions
-from .reductions import ParamSums, queue_parameters
+from .reductions import ParamBlock, ParamSums, queue_parameters
 from .rows import Columns, LayerRecord, ParamRecord, block_records, queue_blocks, summed_histograms
 from .snapshots import KernelSnapshots
 from .units import UnitActivity, pooled_masks
@@ -87,10 +87,6 @@ def _queue_calls(transfer: Transfer, calls: Mapping[str, list[Call]],
     return {n: [queue(c) for c in items] for n, items in calls.items()}
 
 
-#: The offsets of a parameter that was not read.
-_UNREAD = ParamSums(-1, -1, 0, None)
-
-
 def _number(value: Any) -> float:
     if isinstance(value, torch.Tensor):
         return float(value.detach().float().cpu())
@@ -112,6 +108,7 @@ class StepRecorder:
         self._segments: dict[tuple[tuple[int, ...], torch.device], torch.Tensor] = {}
         self._rows: dict[str, tuple[str, tuple[str, ...], tuple[str, ...], str]] = {}
         self._layouts: dict[tuple[str, ...], RowLayout] = {}
+        self._param_index = {p.name: i for i, p in enumerate(table.params)}
         #: selected rows owning or sharing parameters, with those tensors (a row when one received a gradient)
         self._owners = [(name, tuple(p.tensor for p in row.params) + tuple(row.shared))
                         for name, row in table.rows.items() if name in table.selected and (row.params or row.shared)]
@@ -176,7 +173,7 @@ class StepRecorder:
         wanted_weights = set()
         if opts.weight_norms:
             wanted_weights = {p.name for n in names for p in table.rows[n].params}
-        param_off, weight_hist = queue_parameters(
+        param_off, param_block, weight_hist = queue_parameters(
             table.params, transfer, fused=self.fused, weight_norms=opts.weight_norms,
             weights_without_grad=wanted_weights, histograms=histogram, scratch=self.scratch,
             segment_ids=self._segment_ids)
@@ -188,7 +185,7 @@ class StepRecorder:
 
         host = transfer.fetch()                                   # the one host transfer of this step
 
-        local_nonfinite = self._local_nonfinite(param_off, host)
+        local_nonfinite = self._local_nonfinite(param_off, param_block, host)
         bad_inputs = float(sum(host[o] for o in input_off)) if input_off else math.nan
         world = world_size(self.group) if opts.distributed else 1
         if world > 1:
@@ -196,7 +193,7 @@ class StepRecorder:
             loss, bad_inputs, act_off, grad_off = self._combine(host, act_off, grad_off, param_off, local_nonfinite,
                                                                 local_loss, bad_inputs, previous, world, unit_off)
             loss_off = None
-        pa = self._parameter_arrays(param_off, host, weight_scale, local_nonfinite)
+        pa = self._parameter_arrays(param_off, param_block, host, weight_scale, local_nonfinite)
         params = self._param_columns(step, pa, in_optimizer)
 
         rank_rows(table, names, first, self.depth)
@@ -280,10 +277,15 @@ class StepRecorder:
             open_step.kernels = self.snapshots.take(step, by_depth, weight_scale, awaiting_update, writer)
         return open_step
 
-    @staticmethod
-    def _local_nonfinite(offsets: Mapping[str, ParamSums], host: np.ndarray) -> dict[str, int]:
+    def _local_nonfinite(self, offsets: Mapping[str, ParamSums], block: ParamBlock | None,
+                         host: np.ndarray) -> dict[str, int]:
         """NaN/Inf counts of the gradients whose Σg² is not finite (a second pass over those alone)."""
         out = {}
+        if block is not None:
+            sumsq = host[block.offset + 1:block.offset + 4 * len(block.taken):4]
+            for i in np.flatnonzero(block.taken & ~np.isfinite(sumsq)).tolist():
+                param = self.table.params[i]
+                out[param.name] = int((~torch.isfinite(param.tensor.grad)).sum())
         for name, off in offsets.items():
             if off.grad >= 0 and not math.isfinite(host[off.grad + 1]):
                 readable = off.values is not None and off.values.device.type != "meta"
@@ -359,21 +361,27 @@ class StepRecorder:
             first[name] = min(depths, default=1 << 30)
         return {name: i for i, name in enumerate(sorted(first, key=lambda n: (first[n], n)))}
 
-    def _parameter_arrays(self, offsets: Mapping[str, ParamSums], host: np.ndarray, weight_scale: float,
-                          nonfinite: Mapping[str, int]) -> pooling.ParamArrays:
+    def _parameter_arrays(self, offsets: Mapping[str, ParamSums], block: ParamBlock | None, host: np.ndarray,
+                          weight_scale: float, nonfinite: Mapping[str, int]) -> pooling.ParamArrays:
         """Every parameter's sums, in the table's parameter order."""
-        grad, weight, numel, bad = [], [], [], []
-        for param in self.table.params:
-            off = offsets.get(param.name)
-            if off is None:
-                off = _UNREAD
-            grad.append(off.grad)
-            weight.append(off.weight)
-            numel.append(off.numel)
-            bad.append(nonfinite.get(param.name, 0) if nonfinite and off.grad >= 0 else 0)
-        return pooling.parameter_arrays(np.array(grad, dtype=np.int64), np.array(weight, dtype=np.int64),
-                                        np.array(numel, dtype=np.float64), np.array(bad, dtype=np.float64), host,
-                                        weight_scale)
+        params = self.table.params
+        k = len(params)
+        grad, weight = np.full(k, -1, dtype=np.int64), np.full(k, -1, dtype=np.int64)
+        if block is not None:
+            rows = block.offset + 4 * np.arange(k)
+            grad = np.where(block.taken, rows, -1)
+            if block.weight_norms:
+                weight = np.where(block.taken, rows + 3, -1)
+        numel = np.array([p.tensor.numel() for p in params], dtype=np.float64)
+        bad = np.zeros(k)
+        if offsets or nonfinite:
+            index = self._param_index
+            for name, off in offsets.items():
+                i = index[name]
+                grad[i], weight[i], numel[i] = off.grad, off.weight, off.numel
+            for name, count in nonfinite.items():
+                bad[index[name]] = count
+        return pooling.parameter_arrays(grad, weight, numel, np.where(grad >= 0, bad, 0.0), host, weight_scale)
 
     def _param_columns(self, step: int, pa: pooling.ParamArrays, in_optimizer: set[int] | None) -> Columns:
         """The rows of the parameters that had a gradient."""
@@ -402,7 +410,7 @@ class StepRecorder:
             return layout
         if len(self._layouts) > 8:                          # the set of rows keeps changing: start again
             self._layouts.clear()
-        index = {p.name: i for i, p in enumerate(self.table.params)}
+        index = self._param_index
         info = [self._row_info(name) for name in order]
         rows = [self.table.rows[name] for name in order]
         layout = self._layouts[key] = RowLayout(

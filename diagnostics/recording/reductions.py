@@ -10,9 +10,10 @@ subclasses).
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from . import native, stats
@@ -55,10 +56,20 @@ def _plain(t: torch.Tensor) -> bool:
     return type(t) in _PLAIN_TYPES and t.device.type != "meta"
 
 
-def queue_parameters(params: Iterable[Param], transfer: Transfer, *, fused: bool, weight_norms: bool,
+@dataclass
+class ParamBlock:
+    """The parameters the fused kernels read in one call (``native.param_sums_of``): the (k, 4) rows
+    [Σ|g|, Σg², max|g|, Σw²] of all k parameters given, at ``offset``; those of the others are NaN."""
+
+    offset: int
+    taken: np.ndarray              # (k,) bool: the parameter's row holds its sums
+    weight_norms: bool             # Σw² was read
+
+
+def queue_parameters(params: Sequence[Param], transfer: Transfer, *, fused: bool, weight_norms: bool,
                      weights_without_grad: set[str], histograms: bool, scratch: Scratch,
                      segment_ids: Callable[[tuple[int, ...], torch.device], torch.Tensor],
-                     ) -> tuple[dict[str, ParamSums], dict[str, list[int]]]:
+                     ) -> tuple[dict[str, ParamSums], ParamBlock | None, dict[str, list[int]]]:
     """Queue the sums of every parameter's gradient (and weight) into ``transfer``.
 
     Args:
@@ -72,26 +83,25 @@ def queue_parameters(params: Iterable[Param], transfer: Transfer, *, fused: bool
         segment_ids: Cached :func:`stats.segment_ids` by (sizes, device).
 
     Returns:
-        Offsets per parameter name, and per row the offsets of its weights' gradient histograms.
+        Offsets per parameter name of those the fused kernels' one call did not read, that call's
+        :class:`ParamBlock` (None without it), and per row the offsets of its weights' gradient histograms.
     """
     out: dict[str, ParamSums] = {}
     hist: dict[str, list[int]] = defaultdict(list)
     small: dict[torch.device, list[tuple[str, torch.Tensor, torch.Tensor, int, bool]]] = defaultdict(list)
     batched: dict[torch.dtype, list[tuple[str, torch.Tensor, torch.Tensor, int, bool]]] = defaultdict(list)
-    params = list(params)
+    block = None
+    rest: Sequence[Param] = params
     with torch.no_grad():
-        taken = [False] * len(params)
         if fused and params:                               # the common case first: plain CPU gradients, one call
-            sums, took = native.param_sums_of([param.tensor for param in params], weight_norms)
-            at, taken = transfer.add(sums), took.tolist()
-        for i, param in enumerate(params):
+            sums, taken = native.param_sums_of([param.tensor for param in params], weight_norms)
+            block = ParamBlock(transfer.add(sums), taken.numpy(), weight_norms)
+            rest = [params[i] for i in np.flatnonzero(~block.taken).tolist()]
+            for i in np.flatnonzero(block.taken).tolist() if histograms else ():
+                if params[i].group == "weight":
+                    hist[params[i].row].append(transfer.add(stats.log10_histogram(params[i].tensor.grad)))
+        for param in rest:
             t = param.tensor
-            if taken[i]:
-                g = t.grad
-                if histograms and param.group == "weight":
-                    hist[param.row].append(transfer.add(stats.log10_histogram(g)))
-                out[param.name] = ParamSums(at + 4 * i, at + 4 * i + 3 if weight_norms else -1, t.numel(), g)
-                continue
             g = t.grad
             p, name, numel, sharded = local(t.detach()), param.name, t.numel(), is_sharded(t)
             if g is None:
@@ -125,4 +135,4 @@ def queue_parameters(params: Iterable[Param], transfer: Transfer, *, fused: bool
                 if weight_norms else -1
             for i, (name, g, _, numel, sharded) in enumerate(items):
                 out[name] = ParamSums(g_off + 3 * i, w_off + i if w_off >= 0 else -1, numel, g, sharded)
-    return out, hist
+    return out, block, hist
