@@ -420,16 +420,7 @@ class GradWatch {
     // training, tracked); cleared.
     std::tuple<at::Tensor, at::Tensor> take_forward() {
         std::lock_guard<std::mutex> lock(log_->mu);
-        int64_t n = static_cast<int64_t>(log_->forward_meta.size() / 6);
-        at::Tensor rows = at::empty({n, 4}, at::TensorOptions().dtype(at::kDouble));
-        at::Tensor meta = at::empty({n, 6}, at::TensorOptions().dtype(at::kLong));
-        if (n) {
-            std::copy(log_->forward_rows.begin(), log_->forward_rows.end(), rows.data_ptr<double>());
-            std::copy(log_->forward_meta.begin(), log_->forward_meta.end(), meta.data_ptr<int64_t>());
-        }
-        log_->forward_rows.clear();
-        log_->forward_meta.clear();
-        return {rows, meta};
+        return taken(log_->forward_rows, log_->forward_meta, 6);
     }
 
     int64_t next_seq() {
@@ -485,19 +476,25 @@ class GradWatch {
     // The entries since begin(): (n, 4) float64 sums and (n, 4) int64 (layer, pass, order, numel); cleared.
     std::tuple<at::Tensor, at::Tensor> take() {
         std::lock_guard<std::mutex> lock(log_->mu);
-        int64_t n = static_cast<int64_t>(log_->meta.size() / 4);
-        at::Tensor rows = at::empty({n, 4}, at::TensorOptions().dtype(at::kDouble));
-        at::Tensor meta = at::empty({n, 4}, at::TensorOptions().dtype(at::kLong));
-        if (n) {
-            std::copy(log_->rows.begin(), log_->rows.end(), rows.data_ptr<double>());
-            std::copy(log_->meta.begin(), log_->meta.end(), meta.data_ptr<int64_t>());
-        }
-        log_->rows.clear();
-        log_->meta.clear();
-        return {rows, meta};
+        return taken(log_->rows, log_->meta, 4);
     }
 
   private:
+    // A log's entries as ((n, 4) float64 sums, (n, width) int64 metadata); the log is cleared. Hold the lock.
+    static std::tuple<at::Tensor, at::Tensor> taken(std::vector<double> &sums, std::vector<int64_t> &meta,
+                                                    int64_t width) {
+        int64_t n = static_cast<int64_t>(meta.size()) / width;
+        at::Tensor rows = at::empty({n, 4}, at::TensorOptions().dtype(at::kDouble));
+        at::Tensor info = at::empty({n, width}, at::TensorOptions().dtype(at::kLong));
+        if (n) {
+            std::copy(sums.begin(), sums.end(), rows.data_ptr<double>());
+            std::copy(meta.begin(), meta.end(), info.data_ptr<int64_t>());
+        }
+        sums.clear();
+        meta.clear();
+        return {rows, info};
+    }
+
     std::shared_ptr<WatchLog> log_;
 };
 
