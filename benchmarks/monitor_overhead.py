@@ -20,7 +20,8 @@ Workloads and configurations:
 * resnet18 compiled with Inductor (``torch.compile``), against the compiled twin: weight statistics (the
   compiled steps carry no hook) and all statistics (every ``eager_every``-th recorded step runs eagerly).
 
-``--phases`` instead splits the depth-20 CNN's monitor time into forward, backward and ``step()``.
+``--phases`` instead splits the depth-20 CNN's monitor time into forward, backward and ``step()``, next to the
+same split of the floor of the C++ reductions alone.
 
 Run: .venv/bin/python benchmarks/monitor_overhead.py [--pairs 7] [--block 10] [--only "cnn"] [--phases]
 """
@@ -173,12 +174,11 @@ def measure(name: str, workload: str, options: dict, target: float | None, pairs
 
 def phases(workload: str, blocks: int = 5, steps: int = 20) -> None:
     """Where the monitor's time goes on one workload: forward, backward and ``step()``, each against the
-    un-monitored twin (medians of ``blocks`` alternating blocks of ``steps`` steps)."""
-    model, opt, x, y = make(workload)
-    base_model, base_opt, _, _ = make(workload, seed=1)
+    un-monitored twin, next to the same split of the floor of the C++ reductions alone (medians of ``blocks``
+    alternating blocks of ``steps`` steps)."""
     loss_fn = torch.nn.functional.cross_entropy
 
-    def block(m, o, mon=None) -> tuple[float, float, float]:
+    def block(m, o, x, y, mon=None) -> tuple[float, float, float]:
         fwd = bwd = stp = 0.0
         for _ in range(steps):
             t0 = time.perf_counter()
@@ -194,19 +194,26 @@ def phases(workload: str, blocks: int = 5, steps: int = 20) -> None:
             fwd, bwd, stp = fwd + t1 - t0, bwd + t2 - t1, stp + t3 - t2
         return fwd / steps * 1e3, bwd / steps * 1e3, stp / steps * 1e3
 
-    block(base_model, base_opt)
-    with tempfile.TemporaryDirectory() as tmp, \
-            dx.GradientMonitor(model, store=dx.RunStore(Path(tmp) / "runs")) as mon:
-        block(model, opt, mon)
-        rows = []
-        for _ in range(blocks):
-            f, b, s = block(model, opt, mon)
-            bf, bb, _ = block(base_model, base_opt)
-            rows.append((f - bf, b - bb, s, bf + bb))
-    med = [statistics.median(r[i] for r in rows) for i in range(4)]
-    print(f"{workload}: phases of the monitor's own time (ms/step, medians of {blocks} alternating blocks): forward "
-          f"+{med[0]:.2f}, backward +{med[1]:.2f}, step() {med[2]:.2f}; un-monitored forward+backward {med[3]:.1f}",
-          flush=True)
+    base = make(workload, seed=1)
+    block(*base)
+    with tempfile.TemporaryDirectory() as tmp:
+        monitored, floor = make(workload), make(workload)
+        with dx.GradientMonitor(monitored[0], store=dx.RunStore(Path(tmp) / "runs")) as mon, \
+                ReductionsAlone(floor[0]) as alone:
+            runs = {"monitor": (monitored, mon), "floor, C++ reductions alone": (floor, alone)}
+            for run, hooks in runs.values():
+                block(*run, hooks)
+            rows: dict[str, list[tuple[float, ...]]] = {name: [] for name in runs}
+            for _ in range(blocks):
+                for name, (run, hooks) in runs.items():
+                    f, b, s = block(*run, hooks)
+                    bf, bb, _ = block(*base)
+                    rows[name].append((f - bf, b - bb, s, bf + bb))
+    for name, values in rows.items():
+        med = [statistics.median(r[i] for r in values) for i in range(4)]
+        print(f"{workload} {name}: own time by phase (ms/step, medians of {blocks} alternating blocks): forward "
+              f"+{med[0]:.2f}, backward +{med[1]:.2f}, step() {med[2]:.2f}; un-monitored forward+backward "
+              f"{med[3]:.1f}", flush=True)
 
 
 if __name__ == "__main__":
@@ -215,7 +222,8 @@ if __name__ == "__main__":
     parser.add_argument("--block", type=int, default=10)
     parser.add_argument("--only", default="", help="run only the configurations whose name contains this text")
     parser.add_argument("--phases", action="store_true",
-                        help="instead, time forward, backward and step() of the depth-20 CNN's monitor by phase")
+                        help="instead, time forward, backward and step() of the depth-20 CNN's monitor by phase, "
+                             "next to the floor of the C++ reductions alone")
     args = parser.parse_args()
     if args.phases:
         print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; reductions: {native.status()}")
