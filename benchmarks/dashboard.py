@@ -13,6 +13,7 @@ Run: .venv/bin/python benchmarks/dashboard.py [--layers 200] [--steps 10000]
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -95,8 +96,8 @@ def naive(store: dx.RunStore, run: str) -> tuple[float, int]:
 def apptest(root: Path, run: str) -> tuple[float, float]:
     from streamlit.testing.v1 import AppTest
 
+    os.environ["GFD_STORE"] = str(root)          # the launcher's store: a typed path outside it is refused
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300)
-    at.session_state["store_root"] = str(root)
     at.session_state["selected_runs"] = [run]
     at.run()
     cold, _ = timed(lambda: at.switch_page("pages/gradient_flow.py").run())
